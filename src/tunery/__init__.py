@@ -1,0 +1,3 @@
+"""Tunery: fine-tune large language models end to end."""
+
+__version__ = "0.1.0"

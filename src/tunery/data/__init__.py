@@ -1,0 +1,1 @@
+"""Datasets: registry, converters, chat templates, encoding, packing, caching."""
