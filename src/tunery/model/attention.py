@@ -1,0 +1,187 @@
+"""Per-example ("varlen") attention for flattened and packed batches.
+
+Padding-free training puts every example of a batch into ONE row (see
+``tunery.data.collate.collate_flat``). Plain SDPA would then let each example
+attend to the ones before it, and transformers' own fix for packed rows builds a
+dense ``T x T`` block-diagonal mask whose cost grows with the square of the row
+length. This module registers an attention function with transformers'
+``AttentionInterface`` that cuts the row at the example boundaries and runs
+causal SDPA on each example alone: no mask is ever materialised and no work is
+spent on pairs of tokens from different examples.
+
+Boundaries come from the ``cu_seq_lens_q``/``cu_seq_lens_k`` keyword arguments
+(the same ones FlashAttention-2 uses) or, failing that, from the points where
+``position_ids`` restart. A matching mask function is registered with
+``AttentionMaskInterface`` so transformers skips building a 4-D mask when the
+batch is flat; with padding or a KV cache (generation) it hands back the usual
+SDPA mask and the attention falls back to transformers' SDPA.
+"""
+
+import itertools
+
+import torch
+import torch.nn.functional as F
+from transformers import AttentionInterface, PreTrainedModel
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from tunery.errors import ModelError
+
+ATTENTION_NAME = "tunery_varlen"
+
+Segment = tuple[int, int, int]  # (row, start, end) of one example inside the batch
+
+
+def varlen_attention_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    sliding_window: int | None = None,
+    softcap: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Attention inside each example; query/key/value are ``[batch, heads, seq, head_dim]``.
+
+    Returns ``[batch, seq, heads, head_dim]`` like every transformers attention function.
+    """
+    if kwargs.get("s_aux") is not None:
+        raise ModelError(
+            f"Attention '{ATTENTION_NAME}' does not support attention sinks; "
+            "set flash_attn: eager for this model."
+        )
+    causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    segments = find_segments(query, key, attention_mask, kwargs)
+    if segments is None or not causal:
+        if softcap is not None:
+            raise ModelError(
+                f"Attention '{ATTENTION_NAME}' needs flat batches for softcapped attention; "
+                "set flash_attn: eager for this model."
+            )
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask,
+            dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
+        )
+    rows: list[list[torch.Tensor]] = [[] for _ in range(query.shape[0])]
+    for row, start, end in segments:
+        q, k, v = (t[row : row + 1, :, start:end] for t in (query, key, value))
+        rows[row].append(attend_one(q, k, v, dropout, scaling, sliding_window, softcap))
+    # Segments tile each row in order, so concatenating along the sequence rebuilds the rows.
+    out = torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)
+    return out.transpose(1, 2).contiguous(), None
+
+
+def attend_one(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    dropout: float,
+    scaling: float | None,
+    sliding_window: int | None,
+    softcap: float | None,
+) -> torch.Tensor:
+    """Causal attention over one example (``[1, heads, len, dim]``), with GQA done by SDPA itself."""
+    length = q.shape[2]
+    gqa = k.shape[1] != q.shape[1]
+    windowed = sliding_window is not None and length > sliding_window
+    if softcap is None and not windowed:
+        return F.scaled_dot_product_attention(
+            q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa
+        )
+    # Rare paths (sliding window shorter than the example, logit softcapping): an explicit
+    # mask for this one example only, never for the whole flattened row.
+    idx = torch.arange(length, device=q.device)
+    allowed = idx[:, None] >= idx[None, :]
+    if windowed:
+        allowed &= (idx[:, None] - idx[None, :]) < sliding_window
+    if softcap is None:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling, enable_gqa=gqa
+        )
+    if gqa:
+        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
+        v = v.repeat_interleave(q.shape[1] // v.shape[1], dim=1)
+    scores = (q @ k.transpose(-1, -2)) * (scaling if scaling is not None else q.shape[-1] ** -0.5)
+    scores = torch.tanh(scores / softcap) * softcap
+    scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
+    probs = F.dropout(scores.float().softmax(-1).to(q.dtype), p=dropout, training=dropout > 0)
+    return probs @ v
+
+
+def find_segments(
+    query: torch.Tensor, key: torch.Tensor, attention_mask: torch.Tensor | None, kwargs: dict
+) -> list[Segment] | None:
+    """Example boundaries of a flat batch, or None when the batch is an ordinary one.
+
+    Ordinary means a padding/cache mask is present or query and key lengths differ
+    (generation): those go to transformers' SDPA unchanged.
+    """
+    if attention_mask is not None or query.shape[2] != key.shape[2]:
+        return None
+    cu_seq_lens = kwargs.get("cu_seq_lens_q")
+    if cu_seq_lens is not None and query.shape[0] == 1:
+        bounds = [int(x) for x in cu_seq_lens.tolist()]
+        if bounds[-1] != query.shape[2]:
+            raise ModelError(
+                f"cu_seq_lens_q ends at {bounds[-1]} but the row has {query.shape[2]} tokens; "
+                "build flat batches with tunery.data.collate.collate_flat."
+            )
+        return [(0, s, e) for s, e in itertools.pairwise(bounds) if e > s]
+    position_ids = kwargs.get("position_ids")
+    if position_ids is None:
+        return None
+    return segments_from_positions(position_ids.expand(query.shape[0], -1))
+
+
+def segments_from_positions(position_ids: torch.Tensor) -> list[Segment] | None:
+    """Cut each row where its position ids restart (any step other than +1)."""
+    steps = torch.diff(position_ids, dim=-1) != 1
+    if not bool(steps.any()):
+        return None  # one example per row: plain causal SDPA is already right
+    segments: list[Segment] = []
+    length = position_ids.shape[1]
+    for row, row_steps in enumerate(steps):
+        cuts = [0, *(torch.nonzero(row_steps).flatten() + 1).tolist(), length]
+        segments.extend((row, s, e) for s, e in itertools.pairwise(cuts))
+    return segments
+
+
+def varlen_mask(
+    batch_size: int,
+    q_length: int,
+    kv_length: int,
+    q_offset: int = 0,
+    kv_offset: int = 0,
+    attention_mask: torch.Tensor | None = None,
+    **kwargs,
+) -> torch.Tensor | None:
+    """Mask builder paired with the attention: nothing for flat batches, SDPA's mask otherwise."""
+    if attention_mask is None and q_length == kv_length and kv_offset == 0:
+        return None
+    return sdpa_mask(
+        batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset,
+        kv_offset=kv_offset, attention_mask=attention_mask, **kwargs,
+    )
+
+
+def register() -> None:
+    """Make ``ATTENTION_NAME`` known to transformers (idempotent; runs on import)."""
+    AttentionInterface.register(ATTENTION_NAME, varlen_attention_forward)
+    AttentionMaskInterface.register(ATTENTION_NAME, varlen_mask)
+
+
+def enable_varlen_attention(model: torch.nn.Module) -> torch.nn.Module:
+    """Switch a loaded transformers (or PEFT-wrapped) model to per-example attention."""
+    register()
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    if not isinstance(base, PreTrainedModel):
+        raise ModelError(f"Cannot set attention on {type(base).__name__}: not a transformers model.")
+    base.set_attn_implementation(ATTENTION_NAME)
+    return model
+
+
+register()
