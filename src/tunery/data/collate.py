@@ -1,0 +1,103 @@
+"""Turn encoded rows into model inputs.
+
+``collate_flat`` is the fast path: every example of the batch goes into ONE row
+with no padding at all, ``position_ids`` restart at 0 for each example and
+``cu_seq_lens_*`` mark where examples begin, so the attention registered in
+``tunery.model.attention`` keeps them apart. ``collate_padded`` builds the
+classic right-padded batch with an ``attention_mask`` for models or attention
+kernels that cannot take a flat row, and for comparisons.
+
+Rows are ``{"input_ids": [...], "labels": [...]}`` plus, for packed rows,
+``"seq_lens": [...]`` (lengths of the examples concatenated in the row). Labels
+are not shifted: the logit at position t predicts ``labels[t + 1]`` and the loss
+does the shift, as in Hugging Face models.
+"""
+
+from collections.abc import Mapping, Sequence
+
+import torch
+
+from tunery.errors import DataError
+
+IGNORE_INDEX = -100
+
+Row = Mapping[str, Sequence[int]]
+
+
+def split_examples(rows: Sequence[Row]) -> list[tuple[list[int], list[int]]]:
+    """(input_ids, labels) of every example in the batch, packed rows cut at their ``seq_lens``."""
+    examples = []
+    for index, row in enumerate(rows):
+        ids, labels = list(row["input_ids"]), list(row["labels"])
+        if len(ids) != len(labels):
+            raise DataError(
+                f"Batch row {index} has {len(ids)} input_ids but {len(labels)} labels; "
+                "re-encode the dataset (overwrite_cache: true)."
+            )
+        lens = list(row.get("seq_lens") or [len(ids)])
+        if sum(lens) != len(ids) or min(lens) <= 0:
+            raise DataError(
+                f"Batch row {index} has seq_lens {lens} that do not tile its {len(ids)} tokens; "
+                "re-encode the dataset (overwrite_cache: true)."
+            )
+        start = 0
+        for length in lens:
+            examples.append((ids[start : start + length], labels[start : start + length]))
+            start += length
+    if not examples:
+        raise DataError("Cannot collate an empty batch; the dataset produced no examples.")
+    return examples
+
+
+def collate_flat(rows: Sequence[Row]) -> dict:
+    """Flatten a batch into one padding-free row with per-example boundaries.
+
+    Returns ``input_ids``, ``labels``, ``position_ids`` (all ``[1, T]`` int64),
+    ``cu_seq_lens_q``/``cu_seq_lens_k`` (int32 ``[n_examples + 1]``, cumulative
+    example lengths starting at 0) and ``max_length_q``/``max_length_k`` (int),
+    the keyword arguments transformers passes to FlashAttention-2 style kernels.
+    Each example's first label is -100, so the last token of one example never
+    learns to predict the first token of the next.
+    """
+    examples = split_examples(rows)
+    lengths = torch.tensor([len(ids) for ids, _ in examples], dtype=torch.int32)
+    input_ids = torch.tensor([tok for ids, _ in examples for tok in ids], dtype=torch.long)
+    labels = torch.tensor([lab for _, labs in examples for lab in labs], dtype=torch.long)
+    cu_seq_lens = torch.zeros(len(examples) + 1, dtype=torch.int32)
+    cu_seq_lens[1:] = torch.cumsum(lengths, dim=0)
+    labels[cu_seq_lens[:-1].long()] = IGNORE_INDEX
+    starts = torch.repeat_interleave(cu_seq_lens[:-1].long(), lengths.long())
+    position_ids = torch.arange(len(input_ids), dtype=torch.long) - starts
+    max_length = int(lengths.max())
+    return {
+        "input_ids": input_ids.unsqueeze(0),
+        "labels": labels.unsqueeze(0),
+        "position_ids": position_ids.unsqueeze(0),
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens.clone(),
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+
+
+def collate_padded(rows: Sequence[Row], pad_token_id: int) -> dict:
+    """Right-pad the examples of a batch into ``[B, L]`` tensors with an ``attention_mask``.
+
+    Packed rows are cut back into their examples (one padded row each), since a
+    padded batch has no other way to keep them apart.
+    """
+    examples = split_examples(rows)
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for index, (ids, labs) in enumerate(examples):
+        input_ids[index, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        labels[index, : len(labs)] = torch.tensor(labs, dtype=torch.long)
+        attention_mask[index, : len(ids)] = 1
+    return {"input_ids": input_ids, "labels": labels, "attention_mask": attention_mask}
+
+
+def count_label_tokens(batch: Mapping[str, torch.Tensor]) -> int:
+    """Tokens that carry a loss (a shifted label other than -100), for normalising accumulated losses."""
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())

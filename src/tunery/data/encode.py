@@ -1,0 +1,183 @@
+"""Conversations and documents -> token ids and labels, shaped for a stage.
+
+SFT follows LLaMA-Factory 0.9.5's supervised processor: the template encodes
+each (prompt, response) turn pair; pairs are truncated one by one to fit
+``cutoff_len`` with ``infer_seqlen`` (which keeps as much of the response as it
+can); every response is learned unless ``mask_history`` (only the last one; the
+pairs are then taken last-first so truncation drops early turns) and prompts are
+masked unless ``train_on_prompt``. Templates with ``efficient_eos`` end the
+example with one EOS and, on later turns, learn the EOS at the start of the
+prompt (the end of the previous answer).
+
+PT follows its pretrain processor: each text gets an EOS (and a BOS when the
+tokenizer adds one), then texts are concatenated and cut into ``cutoff_len``
+blocks (packing) or truncated one by one. Two deliberate differences: the last,
+shorter block is kept rather than dropped, and BOS is prepended to each text
+instead of overwriting the first token of each block; each block's
+``seq_lens`` marks where texts start so they never attend to each other.
+"""
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from tunery.data.conversation import Conversation
+from tunery.data.converters import RowError, to_conversation, to_document
+from tunery.data.registry import DatasetSpec
+from tunery.errors import DataError
+
+IGNORE_INDEX = -100
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """The config fields that change how an example is encoded."""
+
+    cutoff_len: int
+    train_on_prompt: bool = False
+    mask_history: bool = False
+    default_system: str | None = None
+
+
+def infer_seqlen(source_len: int, target_len: int, cutoff_len: int) -> tuple[int, int]:
+    """Lengths (source, target) after truncating a turn pair to ``cutoff_len`` tokens.
+
+    A short target is kept whole and the source cut; a short source is kept and the
+    target cut; otherwise both are cut in proportion to their lengths.
+    """
+    if target_len * 2 < cutoff_len:
+        max_target_len = cutoff_len
+    elif source_len * 2 < cutoff_len:
+        max_target_len = cutoff_len - source_len
+    else:
+        max_target_len = int(cutoff_len * (target_len / (source_len + target_len)))
+    new_target_len = min(max_target_len, target_len)
+    new_source_len = min(max(cutoff_len - new_target_len, 0), source_len)
+    return new_source_len, new_target_len
+
+
+def encode_supervised(conv: Conversation, tokenizer, template, opts: EncodeOptions) -> tuple[list, list, int]:
+    """``(input_ids, labels, full_length)``; full_length is the length before truncation."""
+    if opts.mask_history and not getattr(template, "preserve_thinking", True):
+        # LLaMA-Factory drops the thoughts of unlearned turns on reasoning templates
+        pairs = template.encode_turns(tokenizer, conv, discard_history_cot=True)
+    else:
+        pairs = template.encode_turns(tokenizer, conv)
+    efficient_eos = bool(getattr(template, "efficient_eos", False))
+    eos_id = tokenizer.eos_token_id
+    full_length = sum(len(s) + len(t) for s, t in pairs) + (1 if efficient_eos else 0)
+    total = 1 if efficient_eos else 0  # room for the closing EOS
+    if opts.mask_history:
+        pairs = pairs[::-1]  # the last turn first: it is the one that is learned and kept
+    input_ids: list[int] = []
+    labels: list[int] = []
+    for turn, (source, target) in enumerate(pairs):
+        if total >= opts.cutoff_len:
+            break
+        source_len, target_len = infer_seqlen(len(source), len(target), opts.cutoff_len - total)
+        source, target = source[:source_len], target[:target_len]
+        total += source_len + target_len
+        if opts.train_on_prompt:
+            source_labels = list(source)
+        elif efficient_eos and turn != 0:
+            source_labels = [eos_id] + [IGNORE_INDEX] * (source_len - 1)
+        else:
+            source_labels = [IGNORE_INDEX] * source_len
+        target_labels = [IGNORE_INDEX] * target_len if opts.mask_history and turn != 0 else list(target)
+        if opts.mask_history:
+            input_ids = list(source) + list(target) + input_ids
+            labels = source_labels + target_labels + labels
+        else:
+            input_ids += list(source) + list(target)
+            labels += source_labels + target_labels
+    if efficient_eos:
+        input_ids.append(eos_id)
+        labels.append(eos_id)
+    return input_ids, labels, full_length
+
+
+def pretrain_eos_id(tokenizer, template) -> int:
+    """The token that ends a pre-training text. Llama 3's chat EOS (<|eot_id|>) ends a turn,
+    not a document, so it uses <|end_of_text|>, as LLaMA-Factory does."""
+    if getattr(template, "name", None) == "llama3":
+        token_id = tokenizer.convert_tokens_to_ids("<|end_of_text|>")
+        if isinstance(token_id, int) and token_id != tokenizer.unk_token_id:
+            return token_id
+    return tokenizer.eos_token_id
+
+
+def encode_texts(texts: Sequence[str], tokenizer, template) -> list[list[int]]:
+    """Token ids of each text with its EOS (and BOS when the tokenizer adds one), batched."""
+    if not texts:
+        return []
+    eos_id = pretrain_eos_id(tokenizer, template)
+    bos = [tokenizer.bos_token_id] if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id \
+        is not None else []
+    encoded = tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+    return [bos + list(ids) + [eos_id] for ids in encoded]
+
+
+def chunk_texts(docs: Sequence[Sequence[int]], cutoff_len: int) -> list[dict]:
+    """Concatenate token lists and cut them into rows of ``cutoff_len`` tokens (the last may be
+    shorter); ``seq_lens`` are the lengths of the text pieces inside each row."""
+    rows: list[dict] = []
+    ids: list[int] = []
+    seq_lens: list[int] = []
+    for doc in docs:
+        start = 0
+        while start < len(doc):
+            take = min(cutoff_len - len(ids), len(doc) - start)
+            ids.extend(doc[start:start + take])
+            seq_lens.append(take)
+            start += take
+            if len(ids) == cutoff_len:
+                rows.append({"input_ids": ids, "labels": list(ids), "seq_lens": seq_lens})
+                ids, seq_lens = [], []
+    if ids:
+        rows.append({"input_ids": ids, "labels": list(ids), "seq_lens": seq_lens})
+    return rows
+
+
+def raw_to_conversation(raw: str, spec: DatasetSpec, opts: EncodeOptions) -> Conversation:
+    conv = to_conversation(json.loads(raw), spec)
+    if not conv.system and opts.default_system:
+        conv.system = opts.default_system  # LLaMA-Factory: default_system replaces the template's
+    return conv
+
+
+def encode_sft_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, template,
+                     opts: EncodeOptions) -> dict:
+    """``datasets.map`` function: raw rows -> SFT examples, or an error per bad row."""
+    out: dict[str, list] = {"input_ids": [], "labels": [], "full_len": [], "error": []}
+    for raw, index, error in zip(batch["raw"], batch["dataset"], batch["error"], strict=True):
+        ids, labels, full_len = [], [], 0
+        if not error:
+            try:
+                conv = raw_to_conversation(raw, specs[index], opts)
+                ids, labels, full_len = encode_supervised(conv, tokenizer, template, opts)
+            except (RowError, DataError) as err:  # DataError: the template cannot render the row
+                error = str(err)
+        out["input_ids"].append(ids)
+        out["labels"].append(labels)
+        out["full_len"].append(full_len)
+        out["error"].append(error)
+    return out
+
+
+def encode_pt_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, template) -> dict:
+    """``datasets.map`` function: raw rows -> whole tokenized texts (chunked later), or errors."""
+    texts: list[str] = []
+    errors: list[str] = []
+    for raw, index, error in zip(batch["raw"], batch["dataset"], batch["error"], strict=True):
+        text = ""
+        if not error:
+            try:
+                text = to_document(json.loads(raw), specs[index]).text
+            except RowError as err:
+                error = str(err)
+        texts.append(text)
+        errors.append(error)
+    good = [i for i, error in enumerate(errors) if not error]
+    encoded = dict(zip(good, encode_texts([texts[i] for i in good], tokenizer, template), strict=True))
+    ids = [encoded.get(i, []) for i in range(len(texts))]
+    return {"input_ids": ids, "full_len": [len(x) for x in ids], "error": errors}
