@@ -1,0 +1,77 @@
+"""Training stages: what differs between pt, sft and (later) rm, dpo, kto, ppo, grpo.
+
+The loop (``train.loop``) is the same for every stage. A stage supplies only
+how a list of rows becomes a batch (``collate``) and how a batch becomes a
+summed loss plus the number of tokens it is summed over (``compute_loss``).
+Returning a *sum* rather than a mean lets the loop normalise by the number of
+label tokens across all accumulated micro-batches and all processes, so that
+1x8 and 8x1 give the same gradients. Optional hooks let later stages (PPO,
+GRPO) generate rollouts or keep a reference model without touching the loop.
+"""
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import torch
+
+from tunery.registry import Registry
+
+if TYPE_CHECKING:  # only for type hints: the loop imports this package, not the reverse
+    from tunery.config.schema import RunConfig
+
+IGNORE_INDEX = -100
+
+
+class Stage:
+    """Base class of a training stage; subclasses override ``collate`` and ``compute_loss``."""
+
+    name: ClassVar[str] = ""
+    # True when collate() flattens a batch into one row with per-example attention
+    # (run.py then enables the varlen attention implementation on the model).
+    flat_batches: ClassVar[bool] = False
+
+    def __init__(self, config: "RunConfig", tokenizer: Any = None):
+        self.config = config
+        self.tokenizer = tokenizer
+
+    def collate(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def compute_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor | int]:
+        """Return (sum of per-token losses, number of tokens summed); must match count_loss_tokens."""
+        raise NotImplementedError
+
+    def count_loss_tokens(self, batch: dict) -> int:
+        """Tokens the loss of ``batch`` is summed over, known before the forward pass.
+
+        The loop needs this up front to scale each micro-batch's loss by the token count
+        of the whole accumulation window. Default: causal LM labels, shifted by one.
+        """
+        return int((batch["labels"][..., 1:] != IGNORE_INDEX).sum())
+
+    def count_input_tokens(self, batch: dict) -> int:
+        """Real (non-padding) input tokens of ``batch``, for throughput logging."""
+        if "attention_mask" in batch and batch["attention_mask"].dim() == 2:
+            return int(batch["attention_mask"].sum())
+        return int(batch["input_ids"].numel())
+
+    # Optional hooks; the loop calls them with itself as argument.
+    def on_train_begin(self, loop: Any) -> None:
+        """Called once before the first optimizer step (e.g. to build a reference model)."""
+
+    def on_step_end(self, loop: Any) -> None:
+        """Called after each optimizer step."""
+
+
+STAGES: Registry[type[Stage]] = Registry("stage")
+
+
+def get_stage(name: str, config: "RunConfig", tokenizer: Any = None) -> Stage:
+    """Instantiate the registered stage ``name`` (a miss lists the known stages)."""
+    return STAGES.get(name)(config, tokenizer)
+
+
+# Importing the modules registers the built-in stages.
+from tunery.train.stages import pt, sft  # noqa: E402
+
+__all__ = ["IGNORE_INDEX", "STAGES", "Stage", "get_stage", "pt", "sft"]

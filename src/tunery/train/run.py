@@ -1,0 +1,103 @@
+"""``run_training(config)``: a whole run from a RunConfig to a trained model on disk.
+
+tokenizer -> template (fixes the tokenizer) -> data -> model -> trainable
+weights -> the loop -> adapter/weights + tokenizer + run_config.yaml in
+output_dir. The CLI and the web UI call this (the web UI by spawning ``tunery
+train``); launchers call ``python -m tunery.train.run CONFIG [key=value ...]``,
+e.g. under ``accelerate launch`` or ``torchrun`` for several processes.
+"""
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from tunery.config import RunConfig, load_config, save_config
+from tunery.errors import TuneryError
+from tunery.train.checkpoint import check_output_dir, resolve_resume
+from tunery.train.loop import TrainLoop, create_accelerator
+from tunery.train.stages import get_stage
+
+logger = logging.getLogger(__name__)
+
+CONFIG_FILE = "run_config.yaml"
+
+
+def template_name(config: RunConfig) -> str:
+    """The configured template, else the built-in model's own, else the tokenizer's (``auto``)."""
+    from tunery.model.aliases import default_template_for
+
+    return config.data.template or default_template_for(config.model.model_name_or_path) or "auto"
+
+
+def attention_for(config: RunConfig, flat_batches: bool) -> str | None:
+    """Flat batches need attention that stays inside each example: ours, or FlashAttention-2's own."""
+    if not flat_batches or config.model.flash_attn == "fa2":
+        return None
+    from tunery.model.attention import ATTENTION_NAME
+
+    return ATTENTION_NAME
+
+
+def run_training(config: RunConfig) -> dict[str, Any]:
+    """Train (and/or evaluate) as ``config`` says; returns the metrics also saved in all_results.json."""
+    from transformers import set_seed
+
+    from tunery.data.pipeline import prepare_data
+    from tunery.data.templates import get_template
+    from tunery.model.adapters import apply_finetuning
+    from tunery.model.load import load_model, load_tokenizer
+
+    args = config.training
+    accelerator = create_accelerator(args)
+    if args.do_train:  # fail on output_dir/resume mistakes before minutes of loading
+        check_output_dir(args, resuming=resolve_resume(args) is not None)
+    set_seed(args.seed)
+    tokenizer = load_tokenizer(config.model)
+    template = get_template(template_name(config), tokenizer, default_system=config.data.default_system)
+    with accelerator.main_process_first():  # the main process tokenizes and caches, the others reuse
+        data = prepare_data(config, tokenizer, template)
+    stage = get_stage(config.finetuning.stage, config, tokenizer)
+    model = load_model(config, tokenizer, for_training=True,
+                       attn_implementation=attention_for(config, stage.flat_batches))
+    model = apply_finetuning(model, config.finetuning)
+    loop = TrainLoop(config, model, tokenizer, stage, data.train, data.eval, accelerator)
+    metrics = loop.run()
+    if args.do_train and accelerator.is_main_process:
+        save_outputs(config, loop.model, tokenizer)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return metrics
+
+
+def save_outputs(config: RunConfig, model: Any, tokenizer: Any) -> None:
+    """The trained adapter/weights and tokenizer, then the resolved config (each written atomically)."""
+    from tunery.model.save import save_trained
+
+    output_dir = Path(config.training.output_dir)
+    save_trained(model, tokenizer, output_dir, config)
+    temp = output_dir / f".tmp-{CONFIG_FILE}"
+    save_config(config, temp)
+    os.replace(temp, output_dir / CONFIG_FILE)
+    logger.info("Saved the trained model and %s to %s", CONFIG_FILE, output_dir)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tunery.train.run CONFIG [key=value ...]``."""
+    argv = sys.argv[1:] if argv is None else argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: python -m tunery.train.run CONFIG.yaml [key=value ...]", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        metrics = run_training(load_config(argv[0], argv[1:]))
+    except TuneryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    logger.info("Metrics: %s", metrics)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
