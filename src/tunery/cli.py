@@ -9,6 +9,7 @@ traceback.
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from tunery import __version__
 from tunery.config import RunConfig, load_config
@@ -103,7 +104,9 @@ def run_train(args: argparse.Namespace) -> None:
 
 def chat_config(args: argparse.Namespace) -> RunConfig:
     """Flags win over the config file; chat never trains."""
-    overrides = [*args.overrides, "do_train=false"]
+    config_file, overrides = args.config, [*args.overrides, "do_train=false"]
+    if config_file and "=" in config_file and not Path(config_file).exists():
+        config_file, overrides = None, [config_file, *overrides]  # no file given: it was an override
     if args.model:
         overrides.append(f"model_name_or_path={args.model}")
     if args.adapter:
@@ -112,7 +115,7 @@ def chat_config(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"template={args.template}")
     if args.system is not None:
         overrides.append(f"default_system={args.system}")
-    return load_config(args.config, overrides)
+    return load_config(config_file, overrides)
 
 
 def run_chat(args: argparse.Namespace) -> None:
@@ -122,10 +125,12 @@ def run_chat(args: argparse.Namespace) -> None:
 
 
 def run_data_check(args: argparse.Namespace) -> None:
-    from tunery.data.check import run_check
-
     config = load_config(args.config, args.overrides)
-    run_check(config, as_json=args.json, show=args.show, color=sys.stdout.isatty())
+    from tunery.data.check import run_check
+    from tunery.train.run import load_tokenizer_and_template
+
+    tokenizer, template = load_tokenizer_and_template(config)
+    run_check(config, tokenizer, template, as_json=args.json, show=args.show, color=sys.stdout.isatty())
 
 
 def run_env(_: argparse.Namespace) -> None:

@@ -26,6 +26,7 @@ from typing import Any
 import datasets
 from datasets import Dataset, DatasetDict, load_from_disk
 
+from tunery.env import tunery_home
 from tunery.errors import DataError
 
 REPORT_FILE = "report.json"
@@ -42,10 +43,6 @@ def quiet_progress() -> Iterator[None]:
     finally:
         if not was_disabled:
             datasets.enable_progress_bars()
-
-
-def tunery_home() -> Path:
-    return Path(os.environ.get("TUNERY_HOME") or Path.home() / ".cache" / "tunery")
 
 
 def dataset_cache_dir() -> Path:

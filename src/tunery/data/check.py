@@ -85,33 +85,14 @@ def iter_json_lines(prepared: PreparedData, split: str = "train") -> Iterator[st
         yield json.dumps({"input_ids": input_ids, "labels": labels})
 
 
-def run_check(config: RunConfig, as_json: bool = False, show: int = 2, color: bool = False,
-              tokenizer=None, template=None, write=print) -> None:
-    """``tunery data check``: print the report, or every encoded example as JSON lines.
-
-    Without ``tokenizer``/``template`` they are loaded as training would load them.
-    """
-    if tokenizer is None or template is None:
-        tokenizer, template = load_tokenizer_and_template(config)
+def run_check(config: RunConfig, tokenizer, template, as_json: bool = False, show: int = 2,
+              color: bool = False, write=print) -> None:
+    """``tunery data check``: print the report, or every encoded example as JSON lines."""
     if as_json:
         for line in iter_json_lines(prepare_data(config, tokenizer, template)):
             write(line)
         return
     write(format_report(check_data(config, tokenizer, template, num_examples=show), color=color))
-
-
-def load_tokenizer_and_template(config: RunConfig):
-    """The run's tokenizer and template, as ``train.run`` builds them. Imported lazily: ``model``
-    is a sibling layer, needed here only when the CLI does not pass them in."""
-    from tunery.data.templates import get_template
-    from tunery.model.aliases import default_template_for
-    from tunery.model.load import load_tokenizer
-
-    tokenizer = load_tokenizer(config.model)
-    name = config.data.template or default_template_for(config.model.model_name_or_path) or "auto"
-    template = get_template(name, tokenizer, default_system=config.data.default_system,
-                            enable_thinking=config.data.enable_thinking)
-    return tokenizer, template
 
 
 def format_report(report: CheckReport, color: bool = False) -> str:

@@ -14,9 +14,8 @@ from transformers import TextIteratorStreamer
 from tunery.config import RunConfig
 from tunery.config.schema import GenerationArgs
 from tunery.data.conversation import Conversation, Message
-from tunery.data.templates import get_template
-from tunery.model.load import load_model, load_tokenizer
-from tunery.train.run import resolve_template_name
+from tunery.model.load import load_model
+from tunery.train.run import load_tokenizer_and_template
 
 
 class ChatEngine:
@@ -24,11 +23,7 @@ class ChatEngine:
 
     def __init__(self, config: RunConfig):
         self.config = config
-        self.tokenizer = load_tokenizer(config.model)
-        self.template = get_template(
-            resolve_template_name(config), self.tokenizer, default_system=config.data.default_system
-        )
-        self.template.fix_tokenizer(self.tokenizer)
+        self.tokenizer, self.template = load_tokenizer_and_template(config)
         self.model = load_model(config, self.tokenizer, for_training=False)
         self.model.eval()
 
@@ -54,12 +49,6 @@ class ChatEngine:
     def settings(self, overrides: dict) -> GenerationArgs:
         return self.config.generation.model_copy(update=overrides)
 
-    def stop_token_ids(self) -> list[int]:
-        """EOS plus the template's stop words, so generation ends where training taught it to."""
-        ids = {self.tokenizer.eos_token_id}
-        ids.update(self.tokenizer.convert_tokens_to_ids(word) for word in self.template.stop_words)
-        return sorted(i for i in ids if i is not None and i != self.tokenizer.unk_token_id)
-
     def generate_kwargs(self, prompt: list[int], settings: GenerationArgs) -> dict:
         sample = settings.do_sample and settings.temperature > 0
         kwargs = {
@@ -69,7 +58,7 @@ class ChatEngine:
             "do_sample": sample,
             "num_beams": settings.num_beams,
             "repetition_penalty": settings.repetition_penalty,
-            "eos_token_id": self.stop_token_ids(),
+            "eos_token_id": self.template.get_stop_token_ids(self.tokenizer),
             "pad_token_id": self.tokenizer.pad_token_id,
         }
         if sample:

@@ -31,6 +31,25 @@ def template_name(config: RunConfig) -> str:
     return config.data.template or default_template_for(config.model.model_name_or_path) or "auto"
 
 
+def load_tokenizer_and_template(config: RunConfig) -> tuple[Any, Any]:
+    """The tokenizer, fixed by the run's chat template (eos, pad, stop words), and the template.
+
+    Training, chat and the data check all start here, so a model is always
+    prompted the way it was trained.
+    """
+    from tunery.data.templates import get_template
+    from tunery.model.load import load_tokenizer
+
+    tokenizer = load_tokenizer(config.model)
+    template = get_template(
+        template_name(config),
+        tokenizer,
+        default_system=config.data.default_system,
+        enable_thinking=config.data.enable_thinking,
+    )
+    return tokenizer, template
+
+
 def attention_for(config: RunConfig, flat_batches: bool) -> str | None:
     """Flat batches need attention that stays inside each example: ours, or FlashAttention-2's own."""
     if not flat_batches or config.model.flash_attn == "fa2":
@@ -45,17 +64,15 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     from transformers import set_seed
 
     from tunery.data.pipeline import prepare_data
-    from tunery.data.templates import get_template
     from tunery.model.adapters import apply_finetuning
-    from tunery.model.load import load_model, load_tokenizer
+    from tunery.model.load import load_model
 
     args = config.training
     accelerator = create_accelerator(args)
     if args.do_train:  # fail on output_dir/resume mistakes before minutes of loading
         check_output_dir(args, resuming=resolve_resume(args) is not None)
     set_seed(args.seed)
-    tokenizer = load_tokenizer(config.model)
-    template = get_template(template_name(config), tokenizer, default_system=config.data.default_system)
+    tokenizer, template = load_tokenizer_and_template(config)
     with accelerator.main_process_first():  # the main process tokenizes and caches, the others reuse
         data = prepare_data(config, tokenizer, template)
     stage = get_stage(config.finetuning.stage, config, tokenizer)

@@ -144,13 +144,61 @@ def test_saved_config_loads_back_identically(lf_yaml, tmp_path):
 
 
 def test_every_issue_key_is_accepted():
-    keys = """model_name_or_path adapter_name_or_path trust_remote_code template stage do_train finetuning_type
-    lora_rank lora_alpha lora_dropout lora_target additional_target loraplus_lr_ratio freeze_trainable_layers
-    freeze_trainable_modules dataset eval_dataset dataset_dir cutoff_len max_samples val_size packing neat_packing
-    train_on_prompt mask_history preprocessing_num_workers overwrite_cache tokenized_path output_dir
-    overwrite_output_dir logging_steps save_steps eval_steps plot_loss per_device_train_batch_size
-    per_device_eval_batch_size gradient_accumulation_steps learning_rate num_train_epochs max_steps
-    lr_scheduler_type warmup_ratio warmup_steps weight_decay max_grad_norm bf16 fp16 seed report_to
-    resume_from_checkpoint gradient_checkpointing flash_attn rope_scaling train_from_scratch""".split()
+    keys = [
+        "model_name_or_path",
+        "adapter_name_or_path",
+        "trust_remote_code",
+        "template",
+        "stage",
+        "do_train",
+        "finetuning_type",
+        "lora_rank",
+        "lora_alpha",
+        "lora_dropout",
+        "lora_target",
+        "additional_target",
+        "loraplus_lr_ratio",
+        "freeze_trainable_layers",
+        "freeze_trainable_modules",
+        "dataset",
+        "eval_dataset",
+        "dataset_dir",
+        "cutoff_len",
+        "max_samples",
+        "val_size",
+        "packing",
+        "neat_packing",
+        "train_on_prompt",
+        "mask_history",
+        "preprocessing_num_workers",
+        "overwrite_cache",
+        "tokenized_path",
+        "output_dir",
+        "overwrite_output_dir",
+        "logging_steps",
+        "save_steps",
+        "eval_steps",
+        "plot_loss",
+        "per_device_train_batch_size",
+        "per_device_eval_batch_size",
+        "gradient_accumulation_steps",
+        "learning_rate",
+        "num_train_epochs",
+        "max_steps",
+        "lr_scheduler_type",
+        "warmup_ratio",
+        "warmup_steps",
+        "weight_decay",
+        "max_grad_norm",
+        "bf16",
+        "fp16",
+        "seed",
+        "report_to",
+        "resume_from_checkpoint",
+        "gradient_checkpointing",
+        "flash_attn",
+        "rope_scaling",
+        "train_from_scratch",
+    ]
     missing = [key for key in keys if key not in KEY_OWNER]
     assert missing == []
