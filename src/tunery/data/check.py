@@ -95,12 +95,19 @@ def run_check(config: RunConfig, tokenizer, template, as_json: bool = False, sho
     write(format_report(check_data(config, tokenizer, template, num_examples=show), color=color))
 
 
+SOURCES = {
+    "built": "tokenized now, cached for the next run",
+    "cache": "tokenized data reused from the cache",
+    "tokenized_path": "tokenized data loaded from tokenized_path",
+}
+
+
 def format_report(report: CheckReport, color: bool = False) -> str:
     """The report as terminal text; learned text is green (color) or wrapped in [[ ]]."""
     paint = (lambda code, text: f"{code}{text}{RESET}") if color else (lambda code, text: text)
     data = report.data
     lines = [paint(BOLD, f"Stage {data.stage}, cutoff_len {data.cutoff_len}"
-                         f"{', packed' if data.packed else ''} (data from {data.source})")]
+                         f"{', packed' if data.packed else ''} ({SOURCES.get(data.source, data.source)})")]
     groups = (("Training datasets", data.datasets), ("Evaluation datasets", data.eval_datasets))
     for title, datasets in groups:
         if datasets:
@@ -114,8 +121,8 @@ def format_report(report: CheckReport, color: bool = False) -> str:
     if data.lengths:
         stats = ", ".join(f"{key} {value}" for key, value in data.lengths.items())
         lines.append(f"Tokens per example (before truncation): {stats}")
-        verb = "split across rows" if data.stage == "pt" and data.packed else "truncated"
-        lines.append(f"Longer than cutoff_len ({data.cutoff_len}): {data.truncated} examples, {verb}")
+        verb = "split across rows" if data.stage == "pt" and data.packed else "truncated to fit"
+        lines.append(f"Longer than cutoff_len ({data.cutoff_len}): {data.truncated} examples ({verb})")
     for number, example in enumerate(report.examples, start=1):
         counts = f"{example.num_tokens} tokens, {example.num_learned} learned"
         lines.append(paint(BOLD, f"Example {number}: {counts}"))

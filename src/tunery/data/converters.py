@@ -92,7 +92,10 @@ def convert_alpaca(row: dict, spec: DatasetSpec) -> Conversation:
         conv.chosen = Message(Role.ASSISTANT, required_text(row, spec.column("chosen"), "chosen"))
         conv.rejected = Message(Role.ASSISTANT, required_text(row, spec.column("rejected"), "rejected"))
         return conv
-    conv.messages.append(Message(Role.ASSISTANT, required_text(row, spec.column("response"), "response")))
+    response = required_text(row, spec.column("response"), "response")
+    if not response.strip():  # almost always a data mistake; training on it teaches silence
+        raise RowError(f"response column '{spec.column('response')}' is empty")
+    conv.messages.append(Message(Role.ASSISTANT, response))
     return conv
 
 

@@ -16,7 +16,7 @@ from torch.utils.checkpoint import checkpoint
 from tunery.losses import LOSSES
 
 IGNORE_INDEX = -100
-DEFAULT_CHUNK_SIZE = 1024
+DEFAULT_CHUNK_SIZE = 512  # rows; 512 x 49k vocab x fp32 = 100 MB of logits per chunk
 
 
 @LOSSES.register("causal_lm")

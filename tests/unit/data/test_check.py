@@ -46,7 +46,7 @@ def test_check_report_has_counts_reasons_lengths_and_examples(cfg, tmp_path):
     assert report.examples[0].segments == [("U:hi", False), ("A:yo</s>", True)]
     text = format_report(report)
     assert "2 valid, 1 skipped of 3 rows" in text and "row 3: response column 'output' is missing" in text
-    assert "p50 9, p90 57, p99 57, max 57" in text and "1 examples, truncated" in text
+    assert "p50 9, p90 57, p99 57, max 57" in text and "1 examples (truncated to fit)" in text
     assert "U:hi[[A:yo</s>]]" in text and "\033[" not in text
     coloured = format_report(report, color=True)
     assert "\033[32mA:yo</s>\033[0m" in coloured and "[[" not in coloured

@@ -172,3 +172,10 @@ def test_documents_from_alpaca_and_sharegpt_rows():
     assert to_document(row, sharegpt()).text == "first"
     with pytest.raises(RowError, match="empty text"):
         to_document({"text": "  "}, spec(columns={"prompt": "text"}))
+
+
+def test_alpaca_row_with_an_empty_response_is_skipped_with_a_reason(tmp_path):
+    (tmp_path / "d.json").write_text("[]")
+    spec = spec_from_entry("d", {"file_name": "d.json"}, tmp_path, "test")
+    with pytest.raises(RowError, match="response column 'output' is empty"):
+        to_conversation({"instruction": "Say hi", "output": "  "}, spec)
