@@ -8,6 +8,7 @@ traceback.
 
 import argparse
 import sys
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -139,7 +140,13 @@ def run_env(_: argparse.Namespace) -> None:
     print(describe_environment())
 
 
+def quiet_library_deprecations() -> None:
+    """peft/accelerate call a transformers method that v5 deprecated; the warning is not the user's to fix."""
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    quiet_library_deprecations()
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -12,10 +12,11 @@ from tunery.infer.engine import ChatEngine
 HELP = "Type a message and press Enter. `clear` resets the history, `exit` quits."
 
 
-def chat_in_terminal(config: RunConfig, read=input, write=sys.stdout.write) -> None:
-    """Run the read-reply loop until `exit` or end of input."""
-    write("Loading the model...\n")
-    engine = ChatEngine(config)
+def chat_in_terminal(config: RunConfig, read=input, write=sys.stdout.write, engine=None) -> None:
+    """Run the read-reply loop until `exit` or end of input (``engine`` defaults to the config's)."""
+    if engine is None:
+        write("Loading the model...\n")
+        engine = ChatEngine(config)
     system = config.data.default_system or ""
     history: list[Message] = []
     write(HELP + "\n")
@@ -43,6 +44,6 @@ def stream_reply(engine: ChatEngine, history: list[Message], system: str, write)
     for piece in engine.stream_chat(history, system=system):
         pieces.append(piece)
         write(piece)
-        sys.stdout.flush()
+        sys.stdout.flush()  # show each piece as it arrives
     write("\n")
     return "".join(pieces)

@@ -15,6 +15,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from tunery.errors import ConfigError
+
 LOG_FILE = "trainer_log.jsonl"
 
 
@@ -76,7 +78,13 @@ class TensorBoardLogger:
     """Scalars under ``logging_dir`` (default ``output_dir/runs``)."""
 
     def __init__(self, log_dir: str | Path):
-        from torch.utils.tensorboard import SummaryWriter
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise ConfigError(
+                "report_to: tensorboard needs the tensorboard package; install it with "
+                "`pip install 'tunery[metrics]'` or set report_to: none."
+            ) from None
 
         self.writer = SummaryWriter(log_dir=str(log_dir))
 
