@@ -95,6 +95,8 @@ def resolve_dataset(name: str, dataset_dir: str) -> DatasetSpec:
     if dataset_dir == "builtin":
         if name in builtin:
             return spec_from_entry(name, builtin[name], BUILTIN_DIR, "built-in datasets")
+        if looks_like_path(name) and Path(name).exists():  # an explicit file path needs no registry
+            return infer_spec(Path(name))
         raise DataError(describe_unknown(name, {}, builtin, dataset_dir))
     info_path = Path(dataset_dir) / INFO_FILE
     info = read_info(info_path) if info_path.is_file() else {}
@@ -106,6 +108,12 @@ def resolve_dataset(name: str, dataset_dir: str) -> DatasetSpec:
         if candidate.exists():
             return infer_spec(candidate)
     raise DataError(describe_unknown(name, info, builtin, dataset_dir))
+
+
+def looks_like_path(name: str) -> bool:
+    return "/" in name or "\\" in name or Path(name).suffix.lower() in {
+        ".json", ".jsonl", ".csv", ".parquet", ".arrow", ".txt"
+    }
 
 
 def describe_unknown(name: str, info: dict, builtin: dict, dataset_dir: str) -> str:

@@ -188,3 +188,11 @@ def test_builtin_identity_variant_is_the_placeholder_set_filled_in():
                 break
         else:
             pytest.fail(f"{after['output']!r} is not {before['output']!r} filled in")
+
+
+def test_a_file_path_works_even_with_the_builtin_dataset_dir(tmp_path):
+    rows = tmp_path / "mine.jsonl"
+    rows.write_text('{"instruction": "hi", "output": "hello"}\n')
+    spec = resolve_dataset(str(rows), "builtin")
+    assert spec.formatting == "alpaca"
+    assert Path(spec.path) == rows
