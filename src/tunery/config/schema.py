@@ -84,7 +84,9 @@ class DataArgs(Section):
         "Examples never attend to each other.",
     )
     neat_packing: bool = Field(
-        False, description="Packing with per-example attention (always true in Tunery)."
+        False,
+        description="Packing where examples never attend to each other; turns packing on. Tunery "
+        "always keeps packed examples apart, so this equals `packing: true`.",
     )
     train_on_prompt: bool = Field(False, description="Also learn the prompt tokens.")
     mask_history: bool = Field(
@@ -109,6 +111,12 @@ class DataArgs(Section):
     streaming: bool = Field(False, description="Stream the dataset (not supported yet).")
 
     _split_datasets = field_validator("dataset", "eval_dataset", mode="before")(split_names)
+
+    @model_validator(mode="after")
+    def check_masking(self) -> "DataArgs":
+        if self.mask_history and self.train_on_prompt:
+            raise ValueError("mask_history and train_on_prompt cannot both be true; choose one")
+        return self
 
     @field_validator("streaming")
     @classmethod
@@ -267,6 +275,8 @@ class RunConfig(BaseModel):
 
     @property
     def packing_enabled(self) -> bool:
+        if self.data.neat_packing:  # as in LLaMA-Factory, neat packing implies packing
+            return True
         if self.data.packing is None:
             return self.finetuning.stage == "pt"
         return self.data.packing

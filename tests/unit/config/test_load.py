@@ -134,6 +134,12 @@ def test_packing_defaults_follow_the_stage():
     assert load_config(None, ["stage=pt"]).packing_enabled is True
     assert load_config(None, ["stage=sft"]).packing_enabled is False
     assert load_config(None, ["stage=sft", "packing=true"]).packing_enabled is True
+    assert load_config(None, ["stage=sft", "neat_packing=true"]).packing_enabled is True
+
+
+def test_mask_history_excludes_train_on_prompt():
+    with pytest.raises(ConfigError, match="mask_history and train_on_prompt cannot both be true"):
+        load_config(None, ["mask_history=true", "train_on_prompt=true"])
 
 
 def test_saved_config_loads_back_identically(lf_yaml, tmp_path):
