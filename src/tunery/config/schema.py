@@ -179,8 +179,9 @@ class TrainingArgs(Section):
     overwrite_output_dir: bool = Field(False, description="Allow writing into a non-empty output_dir.")
     do_train: bool = Field(True, description="Train (set false with do_eval to only evaluate).")
     do_eval: bool = Field(False, description="Evaluate on the held-out data after training.")
-    per_device_train_batch_size: int = Field(1, gt=0, description="Examples per step per device.")
-    per_device_eval_batch_size: int = Field(1, gt=0, description="Examples per eval step per device.")
+    # transformers' defaults, so a LLaMA-Factory config that leaves them out keeps its meaning
+    per_device_train_batch_size: int = Field(8, gt=0, description="Examples per step per device.")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="Examples per eval step per device.")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
     num_train_epochs: float = Field(3.0, gt=0, description="Passes over the training data.")

@@ -38,7 +38,8 @@ def make_rows(n: int, seed: int = 0, prompt_masked: bool = True) -> list[dict]:
 def make_config(output_dir, **keys):
     flat = {
         "output_dir": str(output_dir), "logging_steps": 1, "save_steps": 1000, "learning_rate": 1e-3,
-        "lora_rank": 4, "max_grad_norm": 0.0, "num_train_epochs": 1, **keys,
+        "lora_rank": 4, "max_grad_norm": 0.0, "num_train_epochs": 1, "per_device_train_batch_size": 1,
+        **keys,
     }
     return build_config(flat)
 
