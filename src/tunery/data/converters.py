@@ -78,6 +78,9 @@ def kto_extra(row: dict, spec: DatasetSpec) -> dict:
 
 
 def join_query(row: dict, spec: DatasetSpec) -> str:
+    prompt_column = spec.column("prompt")
+    if prompt_column and prompt_column not in row:  # absent, not empty: the columns mapping is wrong
+        raise RowError(f"prompt column '{prompt_column}' is missing")
     parts = [text_of(row, spec.column("prompt"), "prompt"), text_of(row, spec.column("query"), "query")]
     return "\n".join(part for part in parts if part)
 

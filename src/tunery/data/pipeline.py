@@ -244,7 +244,7 @@ def describe_empty(report: DatasetReport, stage: str) -> str:
     hint = ""
     if stage == "sft" and any("response" in reason for reason in report.reasons):
         hint = " If it is plain text for pre-training, use `stage: pt`."
-    elif stage == "pt" and any("empty text" in reason for reason in report.reasons):
+    elif stage == "pt" and any("empty text" in r or "prompt column" in r for r in report.reasons):
         hint = ' For plain text, set "columns": {"prompt": "<column>"} in its dataset_info.json entry.'
 
     return f"Dataset '{report.name}' ({report.path}) has no usable rows: {reasons}.{hint}"

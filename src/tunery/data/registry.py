@@ -152,7 +152,7 @@ def spec_from_entry(name: str, entry: Any, base_dir: Path, source: str) -> Datas
         folder=entry.get("folder"),
         num_samples=entry.get("num_samples"),
         columns=build_columns(name, formatting, entry.get("columns") or {}, source),
-        tags=build_tags(formatting, entry.get("tags") or {}),
+        tags=build_tags(name, formatting, entry.get("tags") or {}, source),
         source=source,
     )
 
@@ -216,17 +216,30 @@ def build_columns(name: str, formatting: str, given: dict, source: str) -> dict[
         columns["messages"] = "messages"
     if "text" in given and "prompt" not in given:  # Tunery alias: `text` names the plain-text column
         given = {**given, "prompt": given["text"]}
-    allowed = set(columns)
-    columns.update({key: value for key, value in given.items() if key in allowed})
+    check_names(name, "columns", given, set(columns) | {"text", *MEDIA_COLUMNS}, formatting, source)
+    columns.update({key: value for key, value in given.items() if key in columns})
     return columns
 
 
-def build_tags(formatting: str, given: dict) -> dict[str, str]:
+def build_tags(name: str, formatting: str, given: dict, source: str) -> dict[str, str]:
     if formatting == "alpaca":
         return {}
     tags = dict(OPENAI_TAGS if formatting == "openai" else SHAREGPT_TAGS)
-    tags.update({key: value for key, value in given.items() if key in tags})
+    check_names(name, "tags", given, set(tags), formatting, source)
+    tags.update(given)
     return tags
+
+
+def check_names(name: str, attribute: str, given: dict, allowed: set[str], formatting: str, source: str):
+    """A misspelt ``columns``/``tags`` key would silently read nothing: refuse it with a guess."""
+    for key in given:
+        if key not in allowed:
+            guess = get_close_matches(key, sorted(allowed), n=1)
+            hint = f" — did you mean '{guess[0]}'?" if guess else ""
+            raise DataError(
+                f"Dataset '{name}' in {source}: {attribute} has unknown key '{key}'{hint} "
+                f"(for {formatting} datasets: {', '.join(sorted(allowed))})."
+            )
 
 
 def infer_spec(path: Path) -> DatasetSpec:

@@ -17,7 +17,7 @@ def tunery_home(monkeypatch, tmp_path):
 
 @pytest.fixture
 def cfg(tmp_path) -> RunConfig:
-    rows = [{"instruction": "hi", "output": "yo"}, {"instruction": "long " * 10, "output": "ok"}, {"x": 1}]
+    rows = [{"instruction": "hi", "output": "yo"}, {"instruction": "long " * 10, "output": "ok"}, {"instruction": "no answer"}]
     (tmp_path / "d.json").write_text(json.dumps(rows), encoding="utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}), encoding="utf-8")
     config = RunConfig()

@@ -179,3 +179,11 @@ def test_alpaca_row_with_an_empty_response_is_skipped_with_a_reason(tmp_path):
     spec = spec_from_entry("d", {"file_name": "d.json"}, tmp_path, "test")
     with pytest.raises(RowError, match="response column 'output' is empty"):
         to_conversation({"instruction": "Say hi", "output": "  "}, spec)
+
+
+def test_alpaca_row_without_the_prompt_column_is_skipped(tmp_path):
+    (tmp_path / "d.json").write_text("[]")
+    spec = spec_from_entry("d", {"file_name": "d.json", "columns": {"prompt": "q"}}, tmp_path, "test")
+    with pytest.raises(RowError, match="prompt column 'q' is missing"):
+        to_conversation({"question": "Say hi", "output": "hi"}, spec)
+    assert to_conversation({"q": "", "input": "Say hi", "output": "hi"}, spec).messages[0].content == "Say hi"

@@ -219,7 +219,7 @@ def test_builtin_demo_datasets_encode_without_skipping():
 
 def test_pt_on_a_dataset_without_a_text_column_hints_at_columns(tmp_path):
     write_dataset(tmp_path, "demo", [{"text": "plain"}])  # no "columns": prompt defaults to instruction
-    with pytest.raises(DataError, match=r"empty text in column 'instruction'.*\"prompt\""):
+    with pytest.raises(DataError, match=r"prompt column 'instruction' is missing.*\"prompt\""):
         prepare(config(tmp_path, stage="pt"))
 
 

@@ -196,3 +196,15 @@ def test_a_file_path_works_even_with_the_builtin_dataset_dir(tmp_path):
     spec = resolve_dataset(str(rows), "builtin")
     assert spec.formatting == "alpaca"
     assert Path(spec.path) == rows
+
+
+def test_a_misspelt_column_or_tag_is_refused_with_a_guess(tmp_path):
+    (tmp_path / "d.json").write_text('[{"q": "hi", "a": "yo"}]')
+    entry = {"file_name": "d.json", "columns": {"promt": "q", "response": "a"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": entry}))
+    with pytest.raises(DataError, match=r"columns has unknown key 'promt' — did you mean 'prompt'\?"):
+        resolve_dataset("d", str(tmp_path))
+    entry = {"file_name": "d.json", "formatting": "sharegpt", "tags": {"role_tg": "from"}}
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"d": entry}))
+    with pytest.raises(DataError, match=r"tags has unknown key 'role_tg' — did you mean 'role_tag'\?"):
+        resolve_dataset("d", str(tmp_path))
