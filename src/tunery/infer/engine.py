@@ -31,17 +31,25 @@ class ChatEngine:
         self, messages: list[Message], system: str = "", tools: str = "", **overrides
     ) -> Iterator[str]:
         """Yield the reply piece by piece as the model writes it."""
+        settings = self.settings(overrides)
         prompt = self.template.encode_prompt(
             self.tokenizer, Conversation(messages=messages, system=system, tools=tools)
         )
+        kwargs = self.generate_kwargs(prompt, settings)
+        if settings.num_beams > 1:  # beam search only knows its answer at the end: one piece
+            yield self.generate_text(kwargs, len(prompt), settings.skip_special_tokens)
+            return
         streamer = TextIteratorStreamer(
-            self.tokenizer, skip_prompt=True, skip_special_tokens=self.settings(overrides).skip_special_tokens
+            self.tokenizer, skip_prompt=True, skip_special_tokens=settings.skip_special_tokens
         )
-        kwargs = self.generate_kwargs(prompt, self.settings(overrides)) | {"streamer": streamer}
-        worker = Thread(target=self._generate, kwargs=kwargs, daemon=True)
+        failure: list[BaseException] = []
+        kwargs["streamer"] = streamer
+        worker = Thread(target=self.generate_into, args=(kwargs, failure), daemon=True)
         worker.start()
         yield from (piece for piece in streamer if piece)
         worker.join()
+        if failure:  # surfaced here, in the caller's thread, instead of a reader waiting forever
+            raise failure[0]
 
     def chat(self, messages: list[Message], system: str = "", tools: str = "", **overrides) -> str:
         return "".join(self.stream_chat(messages, system, tools, **overrides))
@@ -66,5 +74,15 @@ class ChatEngine:
         return kwargs
 
     @torch.inference_mode()
-    def _generate(self, **kwargs) -> None:
-        self.model.generate(**kwargs)
+    def generate_text(self, kwargs: dict, prompt_length: int, skip_special_tokens: bool) -> str:
+        output = self.model.generate(**kwargs)
+        return self.tokenizer.decode(output[0, prompt_length:], skip_special_tokens=skip_special_tokens)
+
+    @torch.inference_mode()
+    def generate_into(self, kwargs: dict, failure: list[BaseException]) -> None:
+        """Run generation in a worker thread; on error, record it and release the streamer."""
+        try:
+            self.model.generate(**kwargs)
+        except BaseException as err:
+            failure.append(err)
+            kwargs["streamer"].end()
