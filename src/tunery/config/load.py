@@ -17,7 +17,7 @@ import yaml
 from pydantic import ValidationError
 
 from tunery.config.schema import SECTIONS, RunConfig
-from tunery.config.unsupported import UNSUPPORTED_KEYS, UNSUPPORTED_VALUES
+from tunery.config.unsupported import COMPATIBLE_DEFAULTS, UNSUPPORTED_KEYS, UNSUPPORTED_VALUES
 from tunery.errors import ConfigError
 
 # flat key -> section name, built from the field names of every section
@@ -80,6 +80,8 @@ def build_config(flat: Mapping[str, Any], source: str = "config") -> RunConfig:
     flat = apply_aliases(dict(flat))
     sections: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
     for key, value in flat.items():
+        if accepts_as_default(key, value, source):
+            continue
         check_supported(key, value, source)
         sections[KEY_OWNER[key]][key] = value
     try:
@@ -97,12 +99,26 @@ def apply_aliases(flat: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def accepts_as_default(key: str, value: Any, source: str) -> bool:
+    """True for a key Tunery has no field for but whose value names what Tunery always does."""
+    if key not in COMPATIBLE_DEFAULTS:
+        return False
+    accepted = COMPATIBLE_DEFAULTS[key]
+    if value in accepted:
+        return True
+    raise ConfigError(
+        f"{source}: {key}: {value} is not supported yet; Tunery always behaves as {key}: {accepted[0]} "
+        "(remove the key)."
+    )
+
+
 def check_supported(key: str, value: Any, source: str) -> None:
     """Reject unknown keys (with a guess) and keys of features not built yet."""
     if key in UNSUPPORTED_KEYS:
         raise ConfigError(f"{source}: key '{key}' is not supported yet ({UNSUPPORTED_KEYS[key]}).")
     if key not in KEY_OWNER:
-        guess = get_close_matches(key, list(KEY_OWNER) + list(UNSUPPORTED_KEYS), n=1, cutoff=0.7)
+        known = [*KEY_OWNER, *UNSUPPORTED_KEYS, *COMPATIBLE_DEFAULTS]
+        guess = get_close_matches(key, known, n=1, cutoff=0.7)
         hint = f" — did you mean '{guess[0]}'?" if guess else ""
         raise ConfigError(f"{source}: unknown key '{key}'{hint}")
     reason = UNSUPPORTED_VALUES.get((key, str(value)))

@@ -224,6 +224,15 @@ class TrainingArgs(Section):
     gradient_checkpointing: bool = Field(
         False, description="Recompute activations in backward: less memory, ~25% slower."
     )
+    max_tokens_per_forward: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Run each flattened batch as forward/backward passes of at most this many tokens "
+            "(whole examples; gradients are identical, activation memory is capped). "
+            "Default: 512 on the CPU, where memory rather than speed is short; 0 = no cap."
+        ),
+    )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")
     ddp_timeout: int = Field(1800, gt=0, description="Seconds a distributed process waits for the others.")
     use_cpu: bool = Field(False, description="Train on the CPU even if a GPU is present.")

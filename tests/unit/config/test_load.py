@@ -208,3 +208,15 @@ def test_every_issue_key_is_accepted():
     ]
     missing = [key for key in keys if key not in KEY_OWNER]
     assert missing == []
+
+
+def test_keys_naming_what_tunery_always_does_are_accepted():
+    config = load_config(None, ["save_strategy=steps", "mix_strategy=concat", "use_fast_tokenizer=true"])
+    assert config == load_config(None, [])
+    with pytest.raises(ConfigError, match="mix_strategy: interleave_under is not supported yet"):
+        load_config(None, ["mix_strategy=interleave_under"])
+
+
+def test_other_llamafactory_keys_say_not_supported_yet():
+    with pytest.raises(ConfigError, match="key 'resize_vocab' is not supported yet"):
+        load_config(None, ["resize_vocab=true"])
