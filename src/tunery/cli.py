@@ -7,6 +7,7 @@ traceback.
 """
 
 import argparse
+import logging
 import sys
 import warnings
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from tunery.config import RunConfig, load_config
 from tunery.config.schema import SECTIONS
 from tunery.errors import TuneryError
 
+SUMMARY_KEYS = ("train_loss", "train_runtime", "train_tokens_per_second", "eval_loss", "perplexity")
 EPILOG_OVERRIDES = "Any config key can also be given as key=value after the config file."
 
 
@@ -100,7 +102,9 @@ def run_train(args: argparse.Namespace) -> None:
     config = load_config(args.config, args.overrides)  # config errors first, before slow imports
     from tunery.train.run import run_training
 
-    run_training(config)
+    metrics = run_training(config)
+    summary = ", ".join(f"{key} {value}" for key, value in metrics.items() if key in SUMMARY_KEYS)
+    print(f"Done: {summary}. Results are in {config.training.output_dir}")
 
 
 def chat_config(args: argparse.Namespace) -> RunConfig:
@@ -145,8 +149,18 @@ def quiet_library_deprecations() -> None:
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
 
 
+def show_progress_messages() -> None:
+    """Tunery's own INFO messages (trainable parameters, where results were saved) go to stderr."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("[tunery] %(message)s"))
+    logger = logging.getLogger("tunery")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     quiet_library_deprecations()
+    show_progress_messages()
     args = build_parser().parse_args(argv)
     try:
         args.handler(args)

@@ -35,16 +35,21 @@ class RenderedExample:
 class CheckReport:
     data: DataReport
     examples: list[RenderedExample] = field(default_factory=list)
+    nothing_learned: int = 0  # examples whose every label is masked: they teach nothing
 
     def to_dict(self) -> dict:
-        return {"data": self.data.to_dict(), "examples": [asdict(e) for e in self.examples]}
+        return {"data": self.data.to_dict(), "examples": [asdict(e) for e in self.examples],
+                "nothing_learned": self.nothing_learned}
 
 
 def check_data(config: RunConfig, tokenizer, template, num_examples: int = 3) -> CheckReport:
     """Prepare the data as training would and render its first ``num_examples`` examples."""
     prepared = prepare_data(config, tokenizer, template)
     examples = render_examples(prepared.train, tokenizer, num_examples)
-    return CheckReport(data=prepared.report, examples=examples)
+    nothing_learned = sum(
+        all(label == IGNORE_INDEX for label in labels) for _, labels in iter_examples(prepared.train)
+    )
+    return CheckReport(data=prepared.report, examples=examples, nothing_learned=nothing_learned)
 
 
 def iter_examples(dataset: Dataset | None) -> Iterator[tuple[list[int], list[int]]]:
@@ -123,6 +128,9 @@ def format_report(report: CheckReport, color: bool = False) -> str:
         lines.append(f"Tokens per example (before truncation): {stats}")
         verb = "split across rows" if data.stage == "pt" and data.packed else "truncated to fit"
         lines.append(f"Longer than cutoff_len ({data.cutoff_len}): {data.truncated} examples ({verb})")
+    if report.nothing_learned:
+        lines.append(paint(RED, f"{report.nothing_learned} examples have no learned tokens and teach nothing "
+                                "(the response was cut off: raise cutoff_len, or check the template)"))
     for number, example in enumerate(report.examples, start=1):
         counts = f"{example.num_tokens} tokens, {example.num_learned} learned"
         lines.append(paint(BOLD, f"Example {number}: {counts}"))

@@ -41,12 +41,19 @@ def load_tokenizer_and_template(config: RunConfig) -> tuple[Any, Any]:
     from tunery.model.load import load_tokenizer
 
     tokenizer = load_tokenizer(config.model)
+    vocabulary_size = len(tokenizer)
+    name = template_name(config)
+    data = config.data
     template = get_template(
-        template_name(config),
-        tokenizer,
-        default_system=config.data.default_system,
-        enable_thinking=config.data.enable_thinking,
+        name, tokenizer, default_system=data.default_system, enable_thinking=data.enable_thinking
     )
+    added = tokenizer.convert_ids_to_tokens(list(range(vocabulary_size, len(tokenizer))))
+    if added:  # the commonest cause: a template of another model family
+        logger.warning(
+            "Template '%s' needs tokens this tokenizer lacks (%s); they get new, untrained embeddings. "
+            "If this model was not trained with '%s', pick its own template (or `template: auto`).",
+            name, ", ".join(added), name,
+        )
     return tokenizer, template
 
 

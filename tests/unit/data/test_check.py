@@ -72,3 +72,10 @@ def test_run_check_prints_the_report_or_json_lines(cfg):
     printed.clear()
     run_check(cfg, as_json=True, tokenizer=CharTokenizer(), template=FakeTemplate(), write=printed.append)
     assert [json.loads(line)["input_ids"][:4] for line in printed] == [ids("U:hi"), ids("U:lo")]
+
+
+def test_examples_with_nothing_learned_are_counted_and_flagged(cfg):
+    report = check_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"cutoff_len": 3})}),
+                        CharTokenizer(), FakeTemplate())
+    assert report.nothing_learned >= 1
+    assert "have no learned tokens and teach nothing" in format_report(report)
