@@ -17,7 +17,7 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   if command -v nvidia-smi >/dev/null 2>&1; then
     pip install "torch==${TORCH_VERSION}"            # the default wheel carries CUDA
   else
-    pip install "torch==${TORCH_VERSION}" --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
+    pip install "torch==${TORCH_VERSION}" --timeout 15 --retries 1 --index-url https://download.pytorch.org/whl/cpu 2>/dev/null \
       || pip install "torch==${TORCH_VERSION}"       # where that index is unreachable, the plain wheel
   fi
 fi

@@ -61,7 +61,20 @@ def add_chat(commands) -> None:
     parser.add_argument("--adapter", action="append", help="adapter directory (repeatable)")
     parser.add_argument("--template", help="chat template name (default: the model's)")
     parser.add_argument("--system", help="system prompt")
+    add_generation_flags(parser)
     parser.set_defaults(handler=run_chat)
+
+
+def add_generation_flags(parser: argparse.ArgumentParser) -> None:
+    """One flag per generation setting (--temperature 0.3, --do-sample false, ...), from the config."""
+    for key, field in SECTIONS["generation"].model_fields.items():
+        parser.add_argument(f"--{key.replace('_', '-')}", dest=f"gen_{key}", metavar="VALUE",
+                            help=field.description)
+
+
+def generation_overrides(args: argparse.Namespace) -> list[str]:
+    return [f"{key}={getattr(args, f'gen_{key}')}" for key in SECTIONS["generation"].model_fields
+            if getattr(args, f"gen_{key}", None) is not None]
 
 
 def add_data(commands) -> None:
@@ -72,6 +85,8 @@ def add_data(commands) -> None:
         help="validate a config's datasets against its template and stage",
         description="Show valid and skipped rows with reasons, token-length percentiles, how many "
         "examples cutoff_len truncates, and the first examples with learned tokens marked.",
+        epilog=EPILOG_OVERRIDES + "\n\n" + describe_keys(["data"]),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     check.add_argument("config", help="YAML config naming the datasets, template and stage")
     check.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
@@ -118,9 +133,11 @@ def chat_config(args: argparse.Namespace) -> RunConfig:
         overrides.append(f"adapter_name_or_path={','.join(args.adapter)}")
     if args.template:
         overrides.append(f"template={args.template}")
-    if args.system is not None:
-        overrides.append(f"default_system={args.system}")
-    return load_config(config_file, overrides)
+    overrides.extend(generation_overrides(args))
+    config = load_config(config_file, overrides)
+    if args.system is not None:  # set as-is: free text is not parsed as YAML ("Note: be brief")
+        config.data.default_system = args.system
+    return config
 
 
 def run_chat(args: argparse.Namespace) -> None:

@@ -50,5 +50,5 @@ def test_pretraining_stage_on_packed_text(tmp_path, tiny_model_dir):
 def test_module_entry_point_reports_config_errors_in_one_line(tmp_path):
     bad = write_config(tmp_path / "bad.yaml", {"lora_rnak": 8})
     result = run_module(["-m", "tunery.train.run", str(bad)], tmp_path / "home")
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "did you mean 'lora_rank'" in result.stderr and "Traceback" not in result.stderr

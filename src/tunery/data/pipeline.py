@@ -80,6 +80,10 @@ def prepare_data(config: RunConfig, tokenizer, template) -> PreparedData:
     """Encoded (and packed, for packing runs) train/eval rows for ``config``'s stage."""
     check_options(config, template)
     data = config.data
+    if data.tokenized_path and Path(data.tokenized_path).is_file():
+        raise ConfigError(
+            f"tokenized_path '{data.tokenized_path}' is a file; give a folder to save the tokenized data in."
+        )
     if data.tokenized_path and cache.has_saved(Path(data.tokenized_path)):
         return load_saved(Path(data.tokenized_path), "tokenized_path")
     if not data.dataset and not data.eval_dataset:

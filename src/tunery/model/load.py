@@ -46,6 +46,11 @@ def resolve_model(name_or_path: str) -> ModelSource:
     """Map a directory, a ``.gguf`` file or a built-in alias to a loadable local folder."""
     path = Path(name_or_path).expanduser()
     if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model_name_or_path '{name_or_path}' is a folder without config.json, so it is not a "
+                "Hugging Face model folder; point it at the folder holding config.json and the weights."
+            )
         return ModelSource(path.resolve())
     if path.is_file():
         if path.suffix.lower() != ".gguf":

@@ -123,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         metrics = run_training(load_config(argv[0], argv[1:]))
     except TuneryError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 1
+        return 2  # as `tunery train`: 2 means bad input
     logger.info("Metrics: %s", metrics)
     return 0
 

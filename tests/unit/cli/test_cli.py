@@ -55,3 +55,25 @@ def test_version_and_env(capsys):
     assert "torch:" in report
     assert "transformers:" in report
     assert "CPU cores:" in report
+
+
+def test_chat_flags_become_generation_settings():
+    from tunery.cli import build_parser, chat_config
+
+    args = build_parser().parse_args(
+        ["chat", "--model", "m", "--temperature", "0.3", "--max-new-tokens", "7", "--system", "Note: be brief.",
+         "top_k=5"]
+    )
+    config = chat_config(args)
+    assert config.generation.temperature == 0.3
+    assert config.generation.max_new_tokens == 7
+    assert config.generation.top_k == 5
+    assert config.data.default_system == "Note: be brief."
+    assert config.model.model_name_or_path == "m"
+    assert config.training.do_train is False
+
+
+def test_data_check_help_lists_data_keys(capsys):
+    with pytest.raises(SystemExit):
+        main(["data", "check", "--help"])
+    assert "cutoff_len (default: 2048)" in capsys.readouterr().out

@@ -230,3 +230,13 @@ def test_a_llamafactory_tokenized_folder_loads_with_only_row_columns(tmp_path):
     DatasetDict({"train": Dataset.from_dict(rows)}).save_to_disk(str(tmp_path / "lf"))
     prepared = prepare(config(tmp_path, tokenized_path=str(tmp_path / "lf")))
     assert prepared.train.column_names == ["input_ids", "labels"] and prepared.eval is None
+
+
+def test_tokenized_path_that_is_a_file_is_refused(tmp_path):
+    from tunery.config.load import build_config
+
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    config = build_config({"dataset": "identity", "dataset_dir": "builtin", "tokenized_path": str(a_file)})
+    with pytest.raises(ConfigError, match="tokenized_path .* is a file"):
+        prepare_data(config, None, None)

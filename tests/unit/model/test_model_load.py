@@ -202,3 +202,10 @@ def test_training_load_hands_adapters_to_apply_finetuning(run_config, tokenizer,
     config.model.adapter_name_or_path = [str(tmp_path / "adapter")]
     model = apply_finetuning(load_model(config, tokenizer, for_training=True), config.finetuning)
     assert isinstance(model, PeftModel) and model.peft_config["default"].r == 2
+
+
+def test_a_folder_that_is_not_a_model_is_explained(tmp_path):
+    from tunery.model.load import resolve_model
+
+    with pytest.raises(ModelError, match="folder without config.json"):
+        resolve_model(str(tmp_path))
