@@ -141,6 +141,10 @@ def describe_validation_error(err: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def config_as_yaml(config: RunConfig) -> str:
+    """The resolved config as flat YAML, loadable again by ``load_config``."""
+    return yaml.safe_dump(config.to_flat(), sort_keys=False, allow_unicode=True)
+
+
 def save_config(config: RunConfig, path: Path) -> None:
-    """Write the resolved config as flat YAML, loadable again by ``load_config``."""
-    path.write_text(yaml.safe_dump(config.to_flat(), sort_keys=False, allow_unicode=True))
+    path.write_text(config_as_yaml(config), encoding="utf-8")

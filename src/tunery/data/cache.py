@@ -14,7 +14,6 @@ LLaMA-Factory writes there, so its tokenized folders load too.
 
 import hashlib
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -28,6 +27,7 @@ from datasets import Dataset, DatasetDict, load_from_disk
 
 from tunery.env import tunery_home
 from tunery.errors import DataError
+from tunery.fileio import replace_folder
 
 REPORT_FILE = "report.json"
 FORMAT_VERSION = 1  # bump when the encoding changes so old caches are not reused
@@ -102,13 +102,8 @@ def save_prepared(path: Path, train: Dataset | None, eval_set: Dataset | None, r
         with quiet_progress():
             DatasetDict(splits).save_to_disk(str(tmp))
         (tmp / REPORT_FILE).write_text(json.dumps(report, indent=1), encoding="utf-8")
-        if path.exists():
-            shutil.rmtree(path)  # overwrite_cache, or a stale tokenized_path
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not has_saved(path):  # otherwise another process just wrote the same thing
-                raise
+        # replaces a stale copy (overwrite_cache); another process may have just written the same data
+        replace_folder(tmp, path, taken_by_peer=lambda: has_saved(path))
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

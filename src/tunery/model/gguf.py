@@ -15,7 +15,6 @@ two processes converting at once end with one complete copy.
 import contextlib
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -25,6 +24,7 @@ from pathlib import Path
 import torch
 
 from tunery.errors import ModelError
+from tunery.fileio import replace_folder
 
 CACHE_FORMAT = 1  # bump when the cache layout changes so old copies are rebuilt
 SOURCE_RECORD = "tunery_source.json"  # written last: its presence marks a complete copy
@@ -80,25 +80,11 @@ def ensure_converted(gguf_path: Path, target: Path) -> CachedModel:
             convert_gguf(gguf_path, staging)
             (staging / SOURCE_RECORD).write_text(json.dumps(expected, indent=2))
             staging.chmod(0o755)  # mkdtemp makes it private; the cache is meant to be shared
-            publish(staging, target, expected)
+            # without a working lock a concurrent writer may win the rename; its copy is as good
+            replace_folder(staging, target, taken_by_peer=lambda: is_complete(target, expected))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return CachedModel(target, converted=True)
-
-
-def publish(staging: Path, target: Path, expected: dict) -> None:
-    """Move a finished conversion into place, replacing a stale copy."""
-    if target.exists():
-        stale = target.parent / f".{target.name}.stale-{os.getpid()}"
-        os.replace(target, stale)
-        shutil.rmtree(stale, ignore_errors=True)
-    try:
-        os.replace(staging, target)
-    except OSError:
-        # Without a working lock a concurrent writer may have won the rename;
-        # its copy is as good as ours.
-        if not is_complete(target, expected):
-            raise
 
 
 @contextlib.contextmanager
@@ -106,7 +92,7 @@ def file_lock(lock_path: Path) -> Iterator[None]:
     """An exclusive lock across processes (no-op where fcntl is missing; the rename still protects)."""
     try:
         import fcntl
-    except ImportError:  # Windows: rely on publish() tolerating a lost rename race
+    except ImportError:  # Windows: rely on replace_folder() tolerating a lost rename race
         yield
         return
     with open(lock_path, "a+") as handle:

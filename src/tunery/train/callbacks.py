@@ -8,7 +8,6 @@ on the main process only; other processes get an inert ``Reporter``.
 
 import json
 import math
-import os
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from tunery.errors import ConfigError
+from tunery.fileio import write_text_atomic
 
 LOG_FILE = "trainer_log.jsonl"
 
@@ -168,9 +168,7 @@ def plot_metric(output_dir: str | Path, entries: list[dict[str, Any]], key: str 
 
 
 def save_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    temp = path.with_name(f".tmp-{path.name}")
-    temp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(temp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_results(output_dir: str | Path, split: str, metrics: dict[str, Any]) -> None:

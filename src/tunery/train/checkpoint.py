@@ -9,7 +9,6 @@ at any moment leaves either a complete checkpoint or none.
 """
 
 import json
-import os
 import random
 import re
 import shutil
@@ -23,6 +22,7 @@ from safetensors.torch import load_file
 
 from tunery.config.schema import TrainingArgs
 from tunery.errors import ConfigError
+from tunery.fileio import replace_folder
 
 PREFIX = "checkpoint-"
 STATE_FILE = "trainer_state.json"
@@ -106,32 +106,6 @@ def temp_path(final: Path) -> Path:
     return final.parent / f".tmp-{final.name}"
 
 
-def fsync_tree(folder: Path) -> None:
-    """Flush every file of ``folder`` (and the folder entries) to disk."""
-    for path in sorted(folder.rglob("*")):
-        if path.is_file():
-            with open(path, "rb") as handle:
-                os.fsync(handle.fileno())
-    fsync_dir(folder)
-
-
-def fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def publish(temp: Path, final: Path) -> None:
-    """Atomically move a finished temp folder to its final name (replacing an old one)."""
-    fsync_tree(temp)
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(temp, final)
-    fsync_dir(final.parent)
-
-
 def capture_rng() -> dict[str, Any]:
     state = {
         "python": random.getstate(),
@@ -208,7 +182,7 @@ def save_checkpoint(
         write_main_parts(temp, parts)
     barrier()
     if is_main:
-        publish(temp, final)
+        replace_folder(temp, final, durable=True)  # a checkpoint must survive a crash
     barrier()
 
 

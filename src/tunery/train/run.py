@@ -8,13 +8,14 @@ e.g. under ``accelerate launch`` or ``torchrun`` for several processes.
 """
 
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from tunery.config import RunConfig, load_config, save_config
+from tunery.config import RunConfig, load_config
+from tunery.config.load import config_as_yaml
 from tunery.errors import TuneryError
+from tunery.fileio import write_text_atomic
 from tunery.train.checkpoint import check_output_dir, resolve_resume
 from tunery.train.loop import TrainLoop, create_accelerator
 from tunery.train.stages import get_stage
@@ -106,9 +107,7 @@ def save_outputs(config: RunConfig, model: Any, tokenizer: Any) -> None:
 
     output_dir = Path(config.training.output_dir)
     save_trained(model, tokenizer, output_dir, config)
-    temp = output_dir / f".tmp-{CONFIG_FILE}"
-    save_config(config, temp)
-    os.replace(temp, output_dir / CONFIG_FILE)
+    write_text_atomic(output_dir / CONFIG_FILE, config_as_yaml(config))
     logger.info("Saved the trained model and %s to %s", CONFIG_FILE, output_dir)
 
 
