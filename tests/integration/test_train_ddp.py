@@ -14,7 +14,15 @@ def losses(output_dir) -> tuple[list[float], list[float]]:
     return [e["loss"] for e in entries if "loss" in e], [e["eval_loss"] for e in entries if "eval_loss" in e]
 
 
-def test_two_processes_match_one_process(tmp_path):
+LAUNCHERS = {
+    "torchrun": ["-m", "torch.distributed.run", "--nproc_per_node", "2"],
+    # the README's command; --multi_gpu selects DDP, which falls back to gloo on a CPU-only machine
+    "accelerate": ["-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"],
+}
+
+
+@pytest.mark.parametrize("launcher", LAUNCHERS)
+def test_two_processes_match_one_process(tmp_path, launcher):
     home, model_dir = tmp_path / "home", save_tiny_model(tmp_path / "tiny-model")
     single = write_config(tmp_path / "one.yaml", run_config(
         model_dir, tmp_path / "one", per_device_train_batch_size=4, **KEYS))
@@ -22,8 +30,7 @@ def test_two_processes_match_one_process(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     double = write_config(tmp_path / "two.yaml", run_config(
         model_dir, tmp_path / "two", per_device_train_batch_size=2, **KEYS))
-    result = run_module(["-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "tunery.train.run",
-                         str(double)], home)
+    result = run_module([*LAUNCHERS[launcher], "-m", "tunery.train.run", str(double)], home)
     assert result.returncode == 0, result.stderr[-3000:]
 
     train_one, eval_one = losses(tmp_path / "one")
