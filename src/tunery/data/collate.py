@@ -7,12 +7,18 @@ with no padding at all, ``position_ids`` restart at 0 for each example and
 classic right-padded batch with an ``attention_mask`` for models or attention
 kernels that cannot take a flat row, and for comparisons.
 
+``split_flat`` cuts a flat batch at example boundaries into pieces of at most
+``max_tokens`` tokens, so a large batch can run as several smaller forward
+passes (activation memory grows with the tokens of one pass) with the very same
+summed loss and gradients.
+
 Rows are ``{"input_ids": [...], "labels": [...]}`` plus, for packed rows,
 ``"seq_lens": [...]`` (lengths of the examples concatenated in the row). Labels
 are not shifted: the logit at position t predicts ``labels[t + 1]`` and the loss
 does the shift, as in Hugging Face models.
 """
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -73,6 +79,57 @@ def collate_flat(rows: Sequence[Row]) -> dict:
         "input_ids": input_ids.unsqueeze(0),
         "labels": labels.unsqueeze(0),
         "position_ids": position_ids.unsqueeze(0),
+        "cu_seq_lens_q": cu_seq_lens,
+        "cu_seq_lens_k": cu_seq_lens.clone(),
+        "max_length_q": max_length,
+        "max_length_k": max_length,
+    }
+
+
+FLAT_KEYS = frozenset(
+    {"input_ids", "labels", "position_ids", "cu_seq_lens_q", "cu_seq_lens_k", "max_length_q", "max_length_k"}
+)
+
+
+def split_flat(batch: dict, max_tokens: int) -> list[dict]:
+    """Cut a ``collate_flat`` batch into consecutive flat batches of whole examples, each at most
+    ``max_tokens`` long (an example longer than that gets a piece of its own).
+
+    Every example starts with label -100 and attends only to itself, so the pieces' summed
+    losses equal the whole batch's loss, token for token. Anything that is not exactly a
+    ``collate_flat`` batch (other keys, padded rows) comes back whole: its examples may be
+    tied together (e.g. preference pairs). ``max_tokens`` <= 0 means no limit.
+    """
+    if max_tokens <= 0 or set(batch) != FLAT_KEYS or batch["input_ids"].shape[1] <= max_tokens:
+        return [batch]
+    bounds = batch["cu_seq_lens_q"].tolist()
+    cuts = next_fit_cuts(bounds, max_tokens)
+    return [slice_flat(batch, bounds, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+
+
+def next_fit_cuts(bounds: list[int], max_tokens: int) -> list[int]:
+    """Indices into ``bounds`` (cumulative lengths) where pieces start, plus the last index.
+
+    Next-fit: a piece grows until the next example would overflow it; that keeps the order
+    and makes the fewest pieces.
+    """
+    cuts = [0]
+    for index in range(1, len(bounds)):
+        if bounds[index] - bounds[cuts[-1]] > max_tokens and index - 1 > cuts[-1]:
+            cuts.append(index - 1)
+    cuts.append(len(bounds) - 1)
+    return cuts
+
+
+def slice_flat(batch: dict, bounds: list[int], lo: int, hi: int) -> dict:
+    """Examples ``lo`` .. ``hi - 1`` of a flat batch, as a flat batch of their own."""
+    begin, end = bounds[lo], bounds[hi]
+    cu_seq_lens = batch["cu_seq_lens_q"][lo : hi + 1] - begin
+    max_length = int((cu_seq_lens[1:] - cu_seq_lens[:-1]).max())
+    return {
+        "input_ids": batch["input_ids"][:, begin:end],
+        "labels": batch["labels"][:, begin:end],
+        "position_ids": batch["position_ids"][:, begin:end],
         "cu_seq_lens_q": cu_seq_lens,
         "cu_seq_lens_k": cu_seq_lens.clone(),
         "max_length_q": max_length,

@@ -8,7 +8,9 @@ AND processes (so 1x8, 8x1 and 2 processes x 4 give the same gradients),
 clipping, the LR schedule, evaluation, logging and resumable checkpoints.
 """
 
+import ctypes
 import math
+import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -22,6 +24,7 @@ from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from tunery.config.schema import RunConfig, TrainingArgs
+from tunery.data.collate import split_flat
 from tunery.errors import ConfigError
 from tunery.train import checkpoint as ckpt
 from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
@@ -31,8 +34,9 @@ from tunery.train.stages import Stage
 
 
 def create_accelerator(args: TrainingArgs) -> Accelerator:
-    """Mixed precision on GPUs from bf16/fp16. On CPU none: the model is already loaded in bf16
-    there when asked, and autocast on top would only add casts."""
+    """Mixed precision on GPUs from bf16/fp16. On the CPU the loop autocasts itself (``cpu_autocast``):
+    accelerate's precision is fixed once per process, and CPU runs of both kinds share processes
+    (tests, notebooks)."""
     on_cpu = args.use_cpu or not torch.cuda.is_available()
     precision = "no" if on_cpu else "bf16" if args.bf16 else "fp16" if args.fp16 else "no"
     timeout = InitProcessGroupKwargs(timeout=timedelta(seconds=args.ddp_timeout))
@@ -115,6 +119,7 @@ class TrainLoop:
         optimizer = create_optimizer(model, config)
         self.scheduler = create_scheduler(optimizer, self.args, self.state.total_steps)
         self.module, self.optimizer = acc.prepare(StageModule(model, stage), optimizer)
+        self.max_tokens_per_forward = forward_token_cap(self.args, acc.device)
         self.pending_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
         self.last_grad_norm: torch.Tensor | None = None
 
@@ -150,6 +155,10 @@ class TrainLoop:
         self.session = {"start": time.time(), "step": self.state.global_step, "samples": 0, "tokens": 0}
         self.stage.on_train_begin(self)
         self.module.train()
+        with peft_autocast_inputs(self.model, acc.mixed_precision != "no" or self.args.bf16):
+            return self.train_steps(reporter)
+
+    def train_steps(self, reporter: Reporter) -> dict[str, Any]:
         try:
             while self.state.global_step < self.state.total_steps:
                 epoch, step_in_epoch = divmod(self.state.global_step, self.state.steps_per_epoch)
@@ -194,6 +203,12 @@ class TrainLoop:
         for window in windows:
             yield [(next(batches), micro) for micro in window]
 
+    def cpu_autocast(self):
+        """bf16 autocast on the CPU (frozen weights are bf16 already; fp32 LoRA weights join the
+        bf16 matmuls, cast once per pass); GPUs get theirs from accelerate."""
+        on_cpu = self.accelerator.device.type == "cpu"
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on_cpu and self.args.bf16)
+
     def to_device(self, batch: dict) -> dict:
         device = self.accelerator.device
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
@@ -234,12 +249,17 @@ class TrainLoop:
         # average into the sum, so every label token of the step weighs 1 / loss_tokens.
         scale = acc.num_processes / max(loss_tokens, 1)
         step_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
-        for index, (batch, micro) in enumerate(window):
-            sync = index == len(window) - 1
+        passes = [(piece, micro.weight) for batch, micro in window
+                  for piece in split_flat(batch, self.max_tokens_per_forward)]
+        for index, (piece, weight) in enumerate(passes):
+            sync = index == len(passes) - 1  # DDP reduces gradients once, after the last pass
             with nullcontext() if sync else acc.no_sync(self.module):
-                loss_sum, _ = self.module(self.to_device(batch))
-                acc.backward(loss_sum * (scale * micro.weight))
-            step_loss += loss_sum.detach().double() * micro.weight
+                with self.cpu_autocast():
+                    loss_sum, _ = self.module(self.to_device(piece))
+                acc.backward(loss_sum * (scale * weight))
+            step_loss += loss_sum.detach().double() * weight
+            del loss_sum
+            release_free_memory(acc.device)
         return loss_tokens, input_tokens, samples, step_loss
 
     def after_step(self, reporter: Reporter) -> None:
@@ -302,7 +322,7 @@ class TrainLoop:
         self.module.eval()
         totals = torch.zeros(2, dtype=torch.float64, device=acc.device)
         # The unwrapped model: no DDP collectives, so processes may hold different batch counts.
-        with acc.autocast():
+        with acc.autocast(), self.cpu_autocast():
             for batch in self.loader(self.eval_data, batches):
                 loss_sum, n_tokens = self.stage.compute_loss(self.model, self.to_device(batch))
                 totals[0] += loss_sum.double()
@@ -369,6 +389,62 @@ class TrainLoop:
                 plot_metric(self.output_dir, entries, "eval_loss")
         acc.wait_for_everyone()
         return metrics
+
+
+CPU_TOKENS_PER_FORWARD = 512
+
+
+def forward_token_cap(args: TrainingArgs, device: torch.device) -> int:
+    """Most tokens per forward pass (0 = no cap): ``max_tokens_per_forward``, else 512 on the CPU.
+
+    Saved activations grow with the tokens of one pass (~1.25 MB per token for a 135M model in
+    fp32), and on the CPU memory, not parallelism, is what runs out: 512-token passes keep
+    the matmuls large enough to run at full speed while bounding the peak. GPUs default to
+    no cap (bigger passes use them better; set the key when memory is short).
+    """
+    if args.max_tokens_per_forward is not None:
+        return args.max_tokens_per_forward
+    return CPU_TOKENS_PER_FORWARD if device.type == "cpu" else 0
+
+
+def peft_autocast_inputs(model: torch.nn.Module, active: bool):
+    """Under autocast, stop PEFT from casting each LoRA layer's input to the (fp32) LoRA dtype.
+
+    Autocast runs the LoRA matmuls in bf16/fp16 anyway; PEFT's cast only adds a full-size fp32
+    copy of every input (saved for backward, so also ~2x the activation memory). Measured on
+    the CPU with bf16: casts were 25% of a step. Master LoRA weights and their gradients stay fp32.
+    """
+    if not active:
+        return nullcontext()
+    from peft.helpers import disable_input_dtype_casting
+
+    return disable_input_dtype_casting(model)
+
+
+def release_free_memory(device: torch.device) -> None:
+    """Give the C heap's free pages back to the OS after a backward pass (CPU, glibc only).
+
+    Activations of varying sizes leave glibc's heap fragmented: freed blocks stay resident
+    and the next pass, of other sizes, cannot always reuse them, so peak RSS creeps up by a
+    gigabyte over a run. ``malloc_trim`` returns the free pages (a few ms per call).
+    """
+    if device.type != "cpu" or LIBC is None:
+        return
+    LIBC.malloc_trim(0)
+
+
+def load_libc():
+    """glibc, when this process runs on it (``malloc_trim`` is a glibc extension)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+    return libc if hasattr(libc, "malloc_trim") else None
+
+
+LIBC = load_libc()
 
 
 def safe_exp(value: float) -> float:

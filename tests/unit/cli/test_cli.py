@@ -61,8 +61,18 @@ def test_chat_flags_become_generation_settings():
     from tunery.cli import build_parser, chat_config
 
     args = build_parser().parse_args(
-        ["chat", "--model", "m", "--temperature", "0.3", "--max-new-tokens", "7", "--system", "Note: be brief.",
-         "top_k=5"]
+        [
+            "chat",
+            "--model",
+            "m",
+            "--temperature",
+            "0.3",
+            "--max-new-tokens",
+            "7",
+            "--system",
+            "Note: be brief.",
+            "top_k=5",
+        ]
     )
     config = chat_config(args)
     assert config.generation.temperature == 0.3

@@ -17,7 +17,11 @@ def tunery_home(monkeypatch, tmp_path):
 
 @pytest.fixture
 def cfg(tmp_path) -> RunConfig:
-    rows = [{"instruction": "hi", "output": "yo"}, {"instruction": "long " * 10, "output": "ok"}, {"instruction": "no answer"}]
+    rows = [
+        {"instruction": "hi", "output": "yo"},
+        {"instruction": "long " * 10, "output": "ok"},
+        {"instruction": "no answer"},
+    ]
     (tmp_path / "d.json").write_text(json.dumps(rows), encoding="utf-8")
     (tmp_path / "dataset_info.json").write_text(json.dumps({"d": {"file_name": "d.json"}}), encoding="utf-8")
     config = RunConfig()
@@ -75,7 +79,10 @@ def test_run_check_prints_the_report_or_json_lines(cfg):
 
 
 def test_examples_with_nothing_learned_are_counted_and_flagged(cfg):
-    report = check_data(cfg.model_copy(update={"data": cfg.data.model_copy(update={"cutoff_len": 3})}),
-                        CharTokenizer(), FakeTemplate())
+    report = check_data(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"cutoff_len": 3})}),
+        CharTokenizer(),
+        FakeTemplate(),
+    )
     assert report.nothing_learned >= 1
     assert "have no learned tokens and teach nothing" in format_report(report)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from tunery.data.collate import collate_flat, collate_padded, count_label_tokens
+from tunery.data.collate import collate_flat, collate_padded, count_label_tokens, split_flat
 from tunery.errors import DataError
 
 ROWS = [
@@ -70,3 +70,36 @@ def test_bad_rows_are_data_errors_naming_the_row(row, message):
 def test_empty_batch_is_a_data_error():
     with pytest.raises(DataError, match="empty batch"):
         collate_padded([], pad_token_id=0)
+
+
+def piece_lengths(pieces: list[dict]) -> list[list[int]]:
+    return [torch.diff(piece["cu_seq_lens_q"]).tolist() for piece in pieces]
+
+
+def test_split_flat_keeps_whole_examples_in_order_next_fit():
+    rows = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (5, 3, 9, 2, 2, 1)]
+    batch = collate_flat(rows)
+    pieces = split_flat(batch, 8)
+    # 5+3 fit; 9 is longer than the cap and goes alone; 2+2+1 fit
+    assert piece_lengths(pieces) == [[5, 3], [9], [2, 2, 1]]
+    for key in ("input_ids", "labels", "position_ids"):
+        assert torch.equal(torch.cat([piece[key] for piece in pieces], dim=1), batch[key])
+    for piece in pieces:
+        assert piece["cu_seq_lens_q"][0] == 0 and piece["cu_seq_lens_q"][-1] == piece["input_ids"].shape[1]
+        assert piece["max_length_q"] == piece["max_length_k"] == max(piece_lengths([piece])[0])
+        assert (piece["position_ids"][0, piece["cu_seq_lens_q"][:-1].long()] == 0).all()
+    assert sum(count_label_tokens(piece) for piece in pieces) == count_label_tokens(batch)
+
+
+@pytest.mark.parametrize("max_tokens", [0, 22, 100])
+def test_split_flat_without_a_binding_cap_returns_the_batch(max_tokens):
+    rows = [{"input_ids": list(range(n)), "labels": list(range(n))} for n in (5, 3, 9, 2, 2, 1)]
+    batch = collate_flat(rows)
+    assert split_flat(batch, max_tokens) == [batch]
+
+
+def test_split_flat_leaves_other_batches_whole():
+    padded = collate_padded(ROWS, pad_token_id=0)
+    assert split_flat(padded, 1) == [padded]
+    tagged = {**collate_flat(ROWS), "pair_ids": torch.tensor([0, 0, 1])}  # e.g. tied examples
+    assert split_flat(tagged, 1) == [tagged]

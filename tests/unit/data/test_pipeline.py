@@ -238,5 +238,5 @@ def test_tokenized_path_that_is_a_file_is_refused(tmp_path):
     a_file = tmp_path / "not_a_folder"
     a_file.write_text("x")
     config = build_config({"dataset": "identity", "dataset_dir": "builtin", "tokenized_path": str(a_file)})
-    with pytest.raises(ConfigError, match="tokenized_path .* is a file"):
+    with pytest.raises(ConfigError, match=r"tokenized_path .* is a file"):
         prepare_data(config, None, None)

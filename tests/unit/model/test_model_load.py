@@ -207,5 +207,5 @@ def test_training_load_hands_adapters_to_apply_finetuning(run_config, tokenizer,
 def test_a_folder_that_is_not_a_model_is_explained(tmp_path):
     from tunery.model.load import resolve_model
 
-    with pytest.raises(ModelError, match="folder without config.json"):
+    with pytest.raises(ModelError, match=r"folder without config\.json"):
         resolve_model(str(tmp_path))

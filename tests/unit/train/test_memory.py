@@ -1,0 +1,57 @@
+"""Memory savers of the loop: token-capped forward passes and bf16 autocast with fp32 LoRA weights."""
+
+import torch
+from peft.tuners.tuners_utils import BaseTunerLayer
+from train_helpers import build_loop, make_config, make_rows
+
+from tunery.train.loop import forward_token_cap
+
+
+def first_step_grads(tmp_path, name: str, rows, **keys) -> tuple[dict[str, torch.Tensor], float]:
+    config = make_config(tmp_path / name, finetuning_type="full", per_device_train_batch_size=8, **keys)
+    loop = build_loop(config, rows)
+    window = next(loop.iterate_windows(0, 0))
+    _, _, _, loss = loop.accumulate(window)
+    grads = {n: p.grad.clone() for n, p in loop.model.named_parameters() if p.grad is not None}
+    return grads, float(loss)
+
+
+def test_capped_forward_passes_give_the_uncapped_gradients(tmp_path):
+    rows = make_rows(8, seed=3)  # 4-12 tokens each: a cap of 16 makes several passes
+    whole, loss_whole = first_step_grads(tmp_path, "whole", rows, max_tokens_per_forward=0)
+    capped, loss_capped = first_step_grads(tmp_path, "capped", rows, max_tokens_per_forward=16)
+    assert whole and set(capped) == set(whole)
+    assert abs(loss_capped - loss_whole) < 1e-5
+    for name, grad in whole.items():
+        assert grad.abs().sum() > 0
+        torch.testing.assert_close(capped[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_forward_cap_defaults_to_512_on_cpu_and_none_elsewhere(tmp_path):
+    args = make_config(tmp_path).training
+    assert forward_token_cap(args, torch.device("cpu")) == 512
+    assert forward_token_cap(args, torch.device("cuda")) == 0
+    args = make_config(tmp_path, max_tokens_per_forward=0).training
+    assert forward_token_cap(args, torch.device("cpu")) == 0
+
+
+def test_bf16_on_cpu_autocasts_and_keeps_lora_weights_fp32(tmp_path):
+    config = make_config(tmp_path / "bf16", bf16=True, max_steps=2, per_device_train_batch_size=4)
+    loop = build_loop(config, make_rows(8, seed=4))
+    seen = []
+
+    def record(module, args):
+        seen.append((module.cast_input_dtype_enabled, torch.is_autocast_enabled("cpu")))
+
+    layers = [m for m in loop.model.modules() if isinstance(m, BaseTunerLayer)]
+    hooks = [layer.register_forward_pre_hook(record) for layer in layers]
+    metrics = loop.train()
+    for hook in hooks:
+        hook.remove()
+    # During training PEFT leaves inputs alone (autocast runs the LoRA matmuls); afterwards the
+    # model is as it was, for saving and inference.
+    assert seen and all(enabled is False and autocast for enabled, autocast in seen)
+    assert all(layer.cast_input_dtype_enabled for layer in layers)
+    trainable = [p for p in loop.model.parameters() if p.requires_grad]
+    assert trainable and all(p.dtype == torch.float32 for p in trainable)
+    assert torch.isfinite(torch.tensor(metrics["train_loss"]))
