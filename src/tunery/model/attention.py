@@ -174,12 +174,26 @@ def register() -> None:
     AttentionMaskInterface.register(ATTENTION_NAME, varlen_mask)
 
 
+def supports_varlen(model: torch.nn.Module) -> bool:
+    """Whether the model computes attention through transformers' AttentionInterface.
+
+    Architectures that compute it themselves (BLOOM, most remote-code models) would
+    ignore the per-example attention and let the examples of a flat batch — and
+    future tokens — see each other, silently.
+    """
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return isinstance(base, PreTrainedModel) and base.is_backend_compatible()
+
+
 def enable_varlen_attention(model: torch.nn.Module) -> torch.nn.Module:
     """Switch a loaded transformers (or PEFT-wrapped) model to per-example attention."""
     register()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    if not isinstance(base, PreTrainedModel):
-        raise ModelError(f"Cannot set attention on {type(base).__name__}: not a transformers model.")
+    if not supports_varlen(base):
+        raise ModelError(
+            f"{type(base).__name__} computes attention outside transformers' attention interface, "
+            "so examples cannot share a row; train it with padded batches."
+        )
     base.set_attn_implementation(ATTENTION_NAME)
     return model
 

@@ -58,13 +58,26 @@ def load_tokenizer_and_template(config: RunConfig) -> tuple[Any, Any]:
     return tokenizer, template
 
 
-def attention_for(config: RunConfig, flat_batches: bool) -> str | None:
-    """Flat batches need attention that stays inside each example: ours, or FlashAttention-2's own."""
-    if not flat_batches or config.model.flash_attn == "fa2":
-        return None
-    from tunery.model.attention import ATTENTION_NAME
+def choose_batching(config: RunConfig, model: Any, stage: Any) -> None:
+    """Flat batches with per-example attention where the model allows it, else padded batches.
 
-    return ATTENTION_NAME
+    ``flash_attn: auto`` gets Tunery's per-example attention; ``fa2`` keeps examples
+    apart by itself (from the position ids); an explicitly chosen ``sdpa``/``eager``
+    kernel is honoured, which needs padded batches. A model that computes attention
+    outside transformers' interface (BLOOM, remote code) cannot share a row safely.
+    """
+    from tunery.model.attention import enable_varlen_attention, supports_varlen
+
+    if not stage.flat_batches:
+        return
+    kernel = config.model.flash_attn
+    if kernel in ("sdpa", "eager", "disabled") or not supports_varlen(model):
+        if kernel == "auto":
+            logger.warning("%s computes attention outside transformers' attention interface; "
+                           "training with padded batches.", type(model).__name__)
+        stage.flat_batches = False
+    elif kernel == "auto":
+        enable_varlen_attention(model)
 
 
 def run_training(config: RunConfig) -> dict[str, Any]:
@@ -89,8 +102,8 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     with accelerator.main_process_first():  # the main process tokenizes and caches, the others reuse
         data = prepare_data(config, tokenizer, template)
     stage = get_stage(config.finetuning.stage, config, tokenizer)
-    model = load_model(config, tokenizer, for_training=True,
-                       attn_implementation=attention_for(config, stage.flat_batches))
+    model = load_model(config, tokenizer, for_training=True)
+    choose_batching(config, model, stage)
     model = apply_finetuning(model, config.finetuning)
     loop = TrainLoop(config, model, tokenizer, stage, data.train, data.eval, accelerator)
     metrics = loop.run()
