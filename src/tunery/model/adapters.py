@@ -27,8 +27,6 @@ logger = logging.getLogger(__name__)
 
 # load_model records the configured adapter folders on the model under this name so
 # that apply_finetuning(model, finetuning_args) finds them without extra arguments.
-ADAPTER_PATHS_ATTR = "tunery_adapter_paths"
-
 # Module names never given LoRA by `lora_target: all`: output heads and vision parts.
 NON_TEXT_MODULES = ("vision_tower", "visual", "vision_model", "multi_modal_projector", "merger")
 
@@ -42,8 +40,6 @@ def apply_finetuning(
     for_training: bool = True,
 ) -> torch.nn.Module:
     """Set up the trainable parameters (or merge adapters for inference); returns the model to use."""
-    if adapter_name_or_path is None:
-        adapter_name_or_path = getattr(model, ADAPTER_PATHS_ATTR, None)
     adapters = [str(p) for p in adapter_name_or_path or []]
     for path in adapters:
         check_adapter_dir(path)

@@ -18,9 +18,10 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, Pretra
 
 from tunery.config.schema import ModelArgs, RunConfig, TrainingArgs
 from tunery.errors import ConfigError, ModelError
-from tunery.model.adapters import ADAPTER_PATHS_ATTR, apply_finetuning, embedding_module_names
+from tunery.model.adapters import apply_finetuning, embedding_module_names
 from tunery.model.aliases import ModelAlias, describe_missing, find_alias, models_cache_root
 from tunery.model.gguf import cache_dir_for_file, ensure_converted
+from tunery.model.patches import apply_training_patches
 
 logger = logging.getLogger(__name__)
 
@@ -110,8 +111,7 @@ def load_model(
     per-example attention of ``tunery.model.attention`` for flattened batches).
     For inference the configured adapters are merged in and the model is put on
     the GPU when there is one; for training the model stays on the CPU for
-    accelerate to place, and ``apply_finetuning`` comes next (it finds the
-    adapters recorded here).
+    accelerate to place, and ``apply_finetuning`` comes next (given the adapters).
     """
     args = config.model
     source = resolve_model(args.model_name_or_path)
@@ -134,7 +134,6 @@ def load_model(
         train_resized_embeddings(model, config)
     if for_training:
         prepare_for_training(model, config.training)
-        setattr(model, ADAPTER_PATHS_ATTR, args.adapter_name_or_path)
         return model
     model = apply_finetuning(model, config.finetuning, args.adapter_name_or_path, for_training=False)
     if on_gpu(config.training):
@@ -241,6 +240,7 @@ def train_resized_embeddings(model: torch.nn.Module, config: RunConfig) -> None:
 def prepare_for_training(model: torch.nn.Module, training: TrainingArgs) -> None:
     """Training-time switches: no KV cache, optional gradient checkpointing."""
     model.config.use_cache = False
+    apply_training_patches(model)
     if training.gradient_checkpointing:
         # Non-reentrant checkpointing works with frozen embeddings (no input-grad hack needed).
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -160,9 +160,7 @@ def test_inference_merges_all_adapters(two_adapters, batch):
 
 def test_training_merges_earlier_adapters_and_resumes_the_last(two_adapters, batch):
     fresh, paths = two_adapters
-    model = fresh()
-    model.tunery_adapter_paths = paths  # what load_model records for training
-    model = apply_finetuning(model, FinetuningArgs())
+    model = apply_finetuning(fresh(), FinetuningArgs(), paths)
     assert isinstance(model, PeftModel)
     assert model.peft_config["default"].r == 2  # the resumed adapter, not a new rank-8 one
     assert trainable_names(model) and all("lora_" in n for n in trainable_names(model))

@@ -195,12 +195,13 @@ def test_inference_merges_configured_adapter(run_config, tokenizer, tmp_path, ba
         torch.testing.assert_close(model(input_ids=batch["input_ids"]).logits, expected)
 
 
-def test_training_load_hands_adapters_to_apply_finetuning(run_config, tokenizer, tmp_path):
+def test_training_continues_the_configured_adapter(run_config, tokenizer, tmp_path):
     config = run_config()
     first = apply_finetuning(load_model(config, tokenizer, for_training=True), FinetuningArgs(lora_rank=2))
     first.save_pretrained(tmp_path / "adapter")
     config.model.adapter_name_or_path = [str(tmp_path / "adapter")]
-    model = apply_finetuning(load_model(config, tokenizer, for_training=True), config.finetuning)
+    model = load_model(config, tokenizer, for_training=True)
+    model = apply_finetuning(model, config.finetuning, config.model.adapter_name_or_path)
     assert isinstance(model, PeftModel) and model.peft_config["default"].r == 2
 
 
