@@ -40,3 +40,13 @@ def test_method_trains_and_saves(method, bf16, tiny_model_dir, tmp_path, monkeyp
     saved = {path.name for path in out.iterdir()}
     expected = "adapter_model.safetensors" if keys["finetuning_type"] == "lora" else "model.safetensors"
     assert expected in saved
+
+
+def test_training_continues_a_given_adapter(tiny_model_dir, tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNERY_HOME", str(tmp_path / "home"))
+    first, second = tmp_path / "first", tmp_path / "second"
+    run_training(build_config(run_config(tiny_model_dir, first, max_steps=2, lora_rank=2)))
+    keys = run_config(tiny_model_dir, second, max_steps=2, lora_rank=8, adapter_name_or_path=str(first))
+    run_training(build_config(keys))
+    adapter = json.loads((second / "adapter_config.json").read_text())
+    assert adapter["r"] == 2, "the given adapter is trained further, not replaced by a new rank-8 one"
