@@ -25,6 +25,25 @@ def installed_version(package: str) -> str | None:
         return None
 
 
+def cpu_flags() -> set[str]:
+    """The CPU feature flags Linux reports (empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return set()
+    line = next((line for line in text.splitlines() if line.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
+
+
+def describe_cpu_bf16() -> str:
+    flags = cpu_flags()
+    if "amx_bf16" in flags:
+        return "this CPU has AMX: bf16: true is the fast path"
+    if "avx512_bf16" in flags:
+        return "this CPU has AVX-512 bf16: bf16: true is usually faster"
+    return "this CPU has no bf16 matrix units: bf16: true saves memory, not time"
+
+
 def describe_devices() -> list[str]:
     import torch
 
@@ -35,7 +54,7 @@ def describe_devices() -> list[str]:
             lines.append(f"GPU {index}: {props.name}, {props.total_memory / 2**30:.1f} GiB")
         lines.append(f"CUDA: {torch.version.cuda}, bf16 supported: {torch.cuda.is_bf16_supported()}")
     else:
-        lines.append("GPU: none (training runs on the CPU; bf16: true is fast on CPUs with AMX)")
+        lines.append(f"GPU: none (training runs on the CPU; {describe_cpu_bf16()})")
     if torch.backends.mps.is_available():
         lines.append("Apple MPS: available")
     return lines
