@@ -24,8 +24,7 @@ from collections.abc import Mapping, Sequence
 import torch
 
 from tunery.errors import DataError
-
-IGNORE_INDEX = -100
+from tunery.labels import IGNORE_INDEX
 
 Row = Mapping[str, Sequence[int]]
 

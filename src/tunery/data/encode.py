@@ -25,8 +25,7 @@ from tunery.data.conversation import Conversation
 from tunery.data.converters import RowError, to_conversation, to_document
 from tunery.data.registry import DatasetSpec
 from tunery.errors import DataError
-
-IGNORE_INDEX = -100
+from tunery.labels import IGNORE_INDEX
 
 
 @dataclass(frozen=True)

@@ -14,20 +14,19 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from tunery.labels import IGNORE_INDEX
 from tunery.registry import Registry
 
 if TYPE_CHECKING:  # only for type hints: the loop imports this package, not the reverse
     from tunery.config.schema import RunConfig
-
-IGNORE_INDEX = -100
 
 
 class Stage:
     """Base class of a training stage; subclasses override ``collate`` and ``compute_loss``."""
 
     name: ClassVar[str] = ""
-    # True when collate() flattens a batch into one row with per-example attention
-    # (run.py then enables the varlen attention implementation on the model).
+    # True when collate() flattens a batch into one row with per-example attention;
+    # run.choose_batching enables that attention, or turns this off for models without it.
     flat_batches: ClassVar[bool] = False
 
     def __init__(self, config: "RunConfig", tokenizer: Any = None):
