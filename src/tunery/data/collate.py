@@ -23,32 +23,35 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from tunery.data.packing import unpack_row
 from tunery.errors import DataError
 from tunery.labels import IGNORE_INDEX
 
 Row = Mapping[str, Sequence[int]]
 
 
+def check_row(index: int, row: Row) -> None:
+    """A corrupt cached row is caught here, with the way out, rather than as a shape error later."""
+    ids, labels = row["input_ids"], row["labels"]
+    if len(ids) != len(labels):
+        raise DataError(
+            f"Batch row {index} has {len(ids)} input_ids but {len(labels)} labels; "
+            "re-encode the dataset (overwrite_cache: true)."
+        )
+    lens = list(row.get("seq_lens") or [len(ids)])
+    if sum(lens) != len(ids) or min(lens) <= 0:
+        raise DataError(
+            f"Batch row {index} has seq_lens {lens} that do not tile its {len(ids)} tokens; "
+            "re-encode the dataset (overwrite_cache: true)."
+        )
+
+
 def split_examples(rows: Sequence[Row]) -> list[tuple[list[int], list[int]]]:
     """(input_ids, labels) of every example in the batch, packed rows cut at their ``seq_lens``."""
     examples = []
     for index, row in enumerate(rows):
-        ids, labels = list(row["input_ids"]), list(row["labels"])
-        if len(ids) != len(labels):
-            raise DataError(
-                f"Batch row {index} has {len(ids)} input_ids but {len(labels)} labels; "
-                "re-encode the dataset (overwrite_cache: true)."
-            )
-        lens = list(row.get("seq_lens") or [len(ids)])
-        if sum(lens) != len(ids) or min(lens) <= 0:
-            raise DataError(
-                f"Batch row {index} has seq_lens {lens} that do not tile its {len(ids)} tokens; "
-                "re-encode the dataset (overwrite_cache: true)."
-            )
-        start = 0
-        for length in lens:
-            examples.append((ids[start : start + length], labels[start : start + length]))
-            start += length
+        check_row(index, row)
+        examples.extend(unpack_row(row))
     if not examples:
         raise DataError("Cannot collate an empty batch; the dataset produced no examples.")
     return examples
