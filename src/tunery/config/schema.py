@@ -210,7 +210,7 @@ class TrainingArgs(Section):
     save_only_model: bool = Field(
         False, description="Checkpoints hold only the weights (cannot resume optimizer state)."
     )
-    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: save_steps).")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every N steps (default: logging_steps).")
     eval_strategy: Literal["no", "steps", "epoch"] = Field(
         "no", description="When to evaluate during training (steps needs val_size or eval_dataset)."
     )

@@ -8,9 +8,7 @@ AND processes (so 1x8, 8x1 and 2 processes x 4 give the same gradients),
 clipping, the LR schedule, evaluation, logging and resumable checkpoints.
 """
 
-import ctypes
 import math
-import sys
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -29,6 +27,7 @@ from tunery.errors import ConfigError
 from tunery.train import checkpoint as ckpt
 from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
 from tunery.train.callbacks import Reporter, build_log_entry, plot_metric, save_results
+from tunery.train.memory import cpu_autocast, forward_token_cap, peft_autocast_inputs, release_free_memory
 from tunery.train.schedule import create_optimizer, create_scheduler
 from tunery.train.stages import Stage
 
@@ -204,10 +203,7 @@ class TrainLoop:
             yield [(next(batches), micro) for micro in window]
 
     def cpu_autocast(self):
-        """bf16 autocast on the CPU (frozen weights are bf16 already; fp32 LoRA weights join the
-        bf16 matmuls, cast once per pass); GPUs get theirs from accelerate."""
-        on_cpu = self.accelerator.device.type == "cpu"
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=on_cpu and self.args.bf16)
+        return cpu_autocast(self.accelerator.device, self.args.bf16)
 
     def to_device(self, batch: dict) -> dict:
         device = self.accelerator.device
@@ -270,7 +266,7 @@ class TrainLoop:
         reporter.advance(loss)
         if loss is not None:
             reporter.write(self.log_entry({"loss": loss, **self.step_extras()}))
-        eval_every = args.eval_steps or args.save_steps
+        eval_every = args.eval_steps or args.logging_steps  # transformers' default
         epoch_end = step % state.steps_per_epoch == 0
         if self.eval_data is not None and (
             (args.eval_strategy == "steps" and step % eval_every == 0)
@@ -389,62 +385,6 @@ class TrainLoop:
                 plot_metric(self.output_dir, entries, "eval_loss")
         acc.wait_for_everyone()
         return metrics
-
-
-CPU_TOKENS_PER_FORWARD = 512
-
-
-def forward_token_cap(args: TrainingArgs, device: torch.device) -> int:
-    """Most tokens per forward pass (0 = no cap): ``max_tokens_per_forward``, else 512 on the CPU.
-
-    Saved activations grow with the tokens of one pass (~1.25 MB per token for a 135M model in
-    fp32), and on the CPU memory, not parallelism, is what runs out: 512-token passes keep
-    the matmuls large enough to run at full speed while bounding the peak. GPUs default to
-    no cap (bigger passes use them better; set the key when memory is short).
-    """
-    if args.max_tokens_per_forward is not None:
-        return args.max_tokens_per_forward
-    return CPU_TOKENS_PER_FORWARD if device.type == "cpu" else 0
-
-
-def peft_autocast_inputs(model: torch.nn.Module, active: bool):
-    """Under autocast, stop PEFT from casting each LoRA layer's input to the (fp32) LoRA dtype.
-
-    Autocast runs the LoRA matmuls in bf16/fp16 anyway; PEFT's cast only adds a full-size fp32
-    copy of every input (saved for backward, so also ~2x the activation memory). Measured on
-    the CPU with bf16: casts were 25% of a step. Master LoRA weights and their gradients stay fp32.
-    """
-    if not active:
-        return nullcontext()
-    from peft.helpers import disable_input_dtype_casting
-
-    return disable_input_dtype_casting(model)
-
-
-def release_free_memory(device: torch.device) -> None:
-    """Give the C heap's free pages back to the OS after a backward pass (CPU, glibc only).
-
-    Activations of varying sizes leave glibc's heap fragmented: freed blocks stay resident
-    and the next pass, of other sizes, cannot always reuse them, so peak RSS creeps up by a
-    gigabyte over a run. ``malloc_trim`` returns the free pages (a few ms per call).
-    """
-    if device.type != "cpu" or LIBC is None:
-        return
-    LIBC.malloc_trim(0)
-
-
-def load_libc():
-    """glibc, when this process runs on it (``malloc_trim`` is a glibc extension)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return None
-    return libc if hasattr(libc, "malloc_trim") else None
-
-
-LIBC = load_libc()
 
 
 def safe_exp(value: float) -> float:

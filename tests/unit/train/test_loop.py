@@ -65,6 +65,15 @@ def test_evaluation_logs_eval_loss_and_perplexity(tmp_path):
     assert (out / "eval_results.json").is_file()
 
 
+def test_eval_steps_defaults_to_logging_steps(tmp_path):
+    out = tmp_path / "out"
+    config = make_config(out, max_steps=4, eval_strategy="steps", val_size=0.1, do_eval=True,
+                         logging_steps=2, save_steps=3)
+    build_loop(config, make_rows(8), eval_rows=make_rows(5, seed=9)).train()
+    eval_lines = [entry for entry in read_log(out) if "eval_loss" in entry]
+    assert [entry["current_steps"] for entry in eval_lines] == [2, 4]
+
+
 def test_eval_loss_is_the_mean_over_all_label_tokens(tmp_path):
     eval_rows = make_rows(5, seed=2)
     loop = build_loop(make_config(tmp_path / "out", per_device_eval_batch_size=2), make_rows(4), eval_rows)

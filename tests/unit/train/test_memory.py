@@ -4,7 +4,8 @@ import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from train_helpers import build_loop, make_config, make_rows
 
-from tunery.train.loop import forward_token_cap
+from tunery.train import memory
+from tunery.train.memory import cpu_autocast, forward_token_cap
 
 
 def first_step_grads(tmp_path, name: str, rows, **keys) -> tuple[dict[str, torch.Tensor], float]:
@@ -55,3 +56,26 @@ def test_bf16_on_cpu_autocasts_and_keeps_lora_weights_fp32(tmp_path):
     trainable = [p for p in loop.model.parameters() if p.requires_grad]
     assert trainable and all(p.dtype == torch.float32 for p in trainable)
     assert torch.isfinite(torch.tensor(metrics["train_loss"]))
+
+
+def test_cpu_autocast_only_for_bf16_on_cpu():
+    with cpu_autocast(torch.device("cpu"), bf16=True):
+        assert torch.is_autocast_enabled("cpu")
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with cpu_autocast(torch.device("cpu"), bf16=False):
+        assert not torch.is_autocast_enabled("cpu")
+    with cpu_autocast(torch.device("cuda"), bf16=True):
+        assert not torch.is_autocast_enabled("cpu")
+
+
+def test_release_free_memory_returns_freed_heap_pages():
+    if memory.LIBC is None:  # not glibc: nothing to trim, and the call must be a no-op
+        memory.release_free_memory(torch.device("cpu"))
+        return
+    # Many 64 KB blocks come from the heap (below glibc's mmap threshold); freeing them leaves
+    # the pages resident until trimmed.
+    blocks = [torch.ones(16 * 1024) for _ in range(4000)]
+    before = memory.resident_bytes()
+    del blocks
+    memory.release_free_memory(torch.device("cpu"))
+    assert memory.resident_bytes() < before - 100 * 2**20
