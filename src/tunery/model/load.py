@@ -133,7 +133,7 @@ def load_model(
     if resize_embeddings(model, tokenizer) and for_training:
         train_resized_embeddings(model, config)
     if for_training:
-        prepare_for_training(model, config.training)
+        prepare_for_training(model)
         return model
     model = apply_finetuning(model, config.finetuning, args.adapter_name_or_path, for_training=False)
     if on_gpu(config.training):
@@ -237,11 +237,8 @@ def train_resized_embeddings(model: torch.nn.Module, config: RunConfig) -> None:
         logger.warning("Vocabulary was resized; training %s in full with the adapter.", names)
 
 
-def prepare_for_training(model: torch.nn.Module, training: TrainingArgs) -> None:
-    """Training-time switches: no KV cache, optional gradient checkpointing."""
+def prepare_for_training(model: torch.nn.Module) -> None:
+    """Training-time switches: no KV cache, the training patches (gradient checkpointing is the loop's)."""
     model.config.use_cache = False
     apply_training_patches(model)
-    if training.gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen embeddings (no input-grad hack needed).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()

@@ -101,7 +101,7 @@ class TrainLoop:
         self.train_data, self.eval_data = train_data, eval_data
         self.output_dir = Path(self.args.output_dir)
         set_seed(self.args.seed)
-        if self.args.gradient_checkpointing:  # idempotent: load_model may have done it already
+        if self.args.gradient_checkpointing:
             enable_gradient_checkpointing(model)
         acc = self.accelerator
         self.plan = BatchPlan(
