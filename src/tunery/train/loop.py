@@ -8,6 +8,8 @@ AND processes (so 1x8, 8x1 and 2 processes x 4 give the same gradients),
 clipping, the LR schedule, evaluation, logging and resumable checkpoints.
 """
 
+import hashlib
+import json
 import math
 import time
 from contextlib import nullcontext
@@ -75,6 +77,8 @@ class TrainState:
     global_batch_size: int = 0
     gradient_accumulation_steps: int = 1
     num_rows: int = 0
+    seed: int = 0
+    data_fingerprint: str = ""  # changed data with the same row count must not resume silently
 
     @property
     def epoch(self) -> float:
@@ -88,6 +92,21 @@ class TrainState:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainState":
         return cls(**{key: data[key] for key in cls.__dataclass_fields__ if key in data})
+
+
+# What decides which rows each step sees: a resumed run must agree on all of it.
+RESUME_MUST_MATCH = (
+    "global_batch_size", "gradient_accumulation_steps", "num_rows", "seed", "data_fingerprint",
+)
+
+
+def fingerprint_rows(rows: Any) -> str:
+    """A cheap identity of the training rows: their count plus the first, middle and last rows."""
+    if rows is None or len(rows) == 0:
+        return ""
+    picks = [rows[index] for index in sorted({0, len(rows) // 2, len(rows) - 1})]
+    text = json.dumps([[list(row["input_ids"]), list(row["labels"])] for row in picks])
+    return hashlib.sha1(f"{len(rows)}:{text}".encode()).hexdigest()
 
 
 class TrainLoop:
@@ -113,6 +132,7 @@ class TrainLoop:
         self.state = TrainState(
             steps_per_epoch=max(self.plan.steps_per_epoch, 1), global_batch_size=self.plan.global_batch,
             gradient_accumulation_steps=self.plan.grad_accum, num_rows=self.plan.num_rows,
+            seed=self.args.seed, data_fingerprint=fingerprint_rows(train_data),
         )
         self.state.total_steps = self.count_total_steps()
         optimizer = create_optimizer(model, config)
@@ -352,12 +372,12 @@ class TrainLoop:
         acc = self.accelerator
         saved = ckpt.load_checkpoint(folder, self.checkpoint_parts(), acc.process_index)
         restored = TrainState.from_dict(saved)
-        for key in ("global_batch_size", "gradient_accumulation_steps", "num_rows"):
-            if getattr(restored, key) != getattr(self.state, key):
+        for key in RESUME_MUST_MATCH:
+            if key in saved and getattr(restored, key) != getattr(self.state, key):
                 raise ConfigError(
                     f"Checkpoint '{folder}' was written with {key}={getattr(restored, key)} but this run "
-                    f"has {getattr(self.state, key)}; resume with the same data, batch size, number of "
-                    "processes and gradient_accumulation_steps."
+                    f"has {getattr(self.state, key)}; resume with the same data, seed, batch size, number "
+                    "of processes and gradient_accumulation_steps."
                 )
         restored.total_steps, restored.steps_per_epoch = self.state.total_steps, self.state.steps_per_epoch
         self.state = restored

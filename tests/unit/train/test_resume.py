@@ -69,6 +69,18 @@ def test_resume_from_a_named_checkpoint_and_refuse_changed_batch_geometry(tmp_pa
         other.restore(checkpoint)
 
 
+def test_resume_refuses_a_changed_seed_or_changed_data(tmp_path):
+    rows = make_rows(12)
+    build_loop(make_config(tmp_path / "a", **KEYS), rows).train()
+    checkpoint = tmp_path / "a" / "checkpoint-4"
+    reseeded = build_loop(make_config(tmp_path / "a", **{**KEYS, "seed": 1}), rows)
+    with pytest.raises(ConfigError, match="seed"):
+        reseeded.restore(checkpoint)
+    other_rows = [*rows[:-1], {"input_ids": [1, 2, 3], "labels": [1, 2, 3]}]  # same count, other data
+    with pytest.raises(ConfigError, match="data_fingerprint"):
+        build_loop(make_config(tmp_path / "a", **KEYS), other_rows).restore(checkpoint)
+
+
 def test_full_finetuning_checkpoint_restores_every_weight(tmp_path):
     rows = make_rows(8)
     keys = {"finetuning_type": "full", "max_steps": 2, "save_steps": 2}
