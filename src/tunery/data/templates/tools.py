@@ -10,6 +10,7 @@ no call).
 
 import json
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -76,17 +77,20 @@ def _dumps(value: Any) -> str:
 
 
 @dataclass(frozen=True)
-class ToolFormat:
+class ToolFormat(ABC):
     """Base: subclasses implement the three conversions for one family."""
 
+    @abstractmethod
     def describe(self, tools: list[dict]) -> str:
-        raise NotImplementedError
+        """The tool list as the system-prompt text this family expects."""
 
+    @abstractmethod
     def format_calls(self, calls: list[FunctionCall]) -> str:
-        raise NotImplementedError
+        """Function calls as the assistant writes them in this family."""
 
+    @abstractmethod
     def extract(self, text: str) -> str | list[FunctionCall]:
-        raise NotImplementedError
+        """Function calls parsed out of generated text, or the text itself when it holds none."""
 
 
 TOOL_FORMATS: Registry[ToolFormat] = Registry("tool format")

@@ -9,6 +9,7 @@ label tokens across all accumulated micro-batches and all processes, so that
 GRPO) generate rollouts or keep a reference model without touching the loop.
 """
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -21,7 +22,7 @@ if TYPE_CHECKING:  # only for type hints: the loop imports this package, not the
     from tunery.config.schema import RunConfig
 
 
-class Stage:
+class Stage(ABC):
     """Base class of a training stage; subclasses override ``collate`` and ``compute_loss``."""
 
     name: ClassVar[str] = ""
@@ -33,12 +34,13 @@ class Stage:
         self.config = config
         self.tokenizer = tokenizer
 
+    @abstractmethod
     def collate(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Turn the rows of one micro-batch into model inputs."""
 
+    @abstractmethod
     def compute_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor | int]:
         """Return (sum of per-token losses, number of tokens summed); must match count_loss_tokens."""
-        raise NotImplementedError
 
     def count_loss_tokens(self, batch: dict) -> int:
         """Tokens the loss of ``batch`` is summed over, known before the forward pass.
@@ -55,10 +57,10 @@ class Stage:
         return int(batch["input_ids"].numel())
 
     # Optional hooks; the loop calls them with itself as argument.
-    def on_train_begin(self, loop: Any) -> None:
+    def on_train_begin(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
         """Called once before the first optimizer step (e.g. to build a reference model)."""
 
-    def on_step_end(self, loop: Any) -> None:
+    def on_step_end(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
         """Called after each optimizer step."""
 
 
