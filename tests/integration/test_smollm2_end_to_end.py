@@ -92,3 +92,15 @@ def test_data_check_on_the_quickstart_config():
     first = json.loads(lines[0])
     assert len(first["input_ids"]) == len(first["labels"])
     assert any(label != -100 for label in first["labels"])
+
+
+@pytest.mark.parametrize(
+    "example", ["full_sft.yaml", "freeze_sft.yaml", "loraplus_sft.yaml", "llamafactory_lora_sft.yaml"]
+)
+def test_every_other_example_trains_a_step(example, tmp_path):
+    out = tmp_path / "out"
+    tunery("train", f"examples/{example}", f"output_dir={out}", "max_steps=2", "logging_steps=1",
+           "eval_steps=2")
+    log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
+    assert [entry["current_steps"] for entry in log if "loss" in entry] == [1, 2]
+    assert (out / "run_config.yaml").is_file()
