@@ -98,19 +98,19 @@ def test_auto_reports_a_failing_chat_template(fresh_tokenizer):
         auto.encode_turns(fresh_tokenizer, Conversation(messages=list(SINGLE)))
 
 
+
+def tool_round(tool: dict, question: str, arguments: dict, observation: str, answer: str) -> Conversation:
+    """One tool-use exchange: the question, the call of ``tool``, its result, the final answer."""
+    call = json.dumps({"name": tool["name"], "arguments": arguments})
+    messages = [Message(Role.USER, question), Message(Role.FUNCTION_CALL, call),
+                Message(Role.OBSERVATION, observation), Message(Role.ASSISTANT, answer)]
+    return Conversation(messages=messages, tools=json.dumps([tool]))
+
+
 def test_auto_puts_tools_in_the_system_prompt_when_the_template_cannot(smollm2_tokenizer):
     auto = get_template("auto", smollm2_tokenizer, fix_tokenizer=False)
-    tools = json.dumps([{"name": "f", "description": "d", "parameters": {"properties": {}}}])
-    call = json.dumps({"name": "f", "arguments": {}})
-    conv = Conversation(
-        messages=[
-            Message(Role.USER, "go"),
-            Message(Role.FUNCTION_CALL, call),
-            Message(Role.OBSERVATION, "ok"),
-            Message(Role.ASSISTANT, "done"),
-        ],
-        tools=tools,
-    )
+    conv = tool_round({"name": "f", "description": "d", "parameters": {"properties": {}}},
+                      "go", {}, "ok", "done")
     (p0, r0), (p1, _) = auto.encode_turns(smollm2_tokenizer, conv)
     first_prompt = smollm2_tokenizer.decode(p0)
     assert SMOLLM_NATIVE_SYSTEM + "You have access to the following tools:\n> Tool Name: f" in first_prompt
@@ -134,17 +134,8 @@ def test_auto_passes_tools_and_calls_to_a_tool_aware_template(fresh_tokenizer):
     fresh_tokenizer.chat_template = TOOL_AWARE_JINJA
     auto = get_template("auto", fresh_tokenizer)
     assert auto.tool_format == "qwen"  # the template speaks <tool_call>
-    tools = json.dumps([{"name": "get_weather", "parameters": {"properties": {}}}])
-    call = json.dumps({"name": "get_weather", "arguments": {"city": "Paris"}})
-    conv = Conversation(
-        messages=[
-            Message(Role.USER, "Weather?"),
-            Message(Role.FUNCTION_CALL, call),
-            Message(Role.OBSERVATION, "21C"),
-            Message(Role.ASSISTANT, "Warm."),
-        ],
-        tools=tools,
-    )
+    conv = tool_round({"name": "get_weather", "parameters": {"properties": {}}},
+                      "Weather?", {"city": "Paris"}, "21C", "Warm.")
     (p0, r0), (p1, r1) = auto.encode_turns(fresh_tokenizer, conv)
     assert fresh_tokenizer.decode(p0).startswith('<|im_start|>system\nTools: [{"name": "get_weather"')
     assert fresh_tokenizer.decode(r0) == '<tool_call>get_weather {"city": "Paris"}</tool_call><|im_end|>\n'
