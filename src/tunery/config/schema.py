@@ -257,12 +257,64 @@ class GenerationArgs(Section):
     skip_special_tokens: bool = Field(True, description="Drop special tokens from the text.")
 
 
+class InferenceArgs(Section):
+    infer_backend: Literal["huggingface", "vllm"] = Field(
+        "huggingface",
+        description="Generation backend: huggingface (everywhere) or vllm (needs vLLM and a GPU).",
+    )
+    infer_dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        "auto", description="Weights dtype for inference: auto is bf16 on a GPU, fp32 on the CPU."
+    )
+    vllm_maxlen: int = Field(4096, gt=0, description="vLLM: longest prompt plus reply, in tokens.")
+    vllm_gpu_util: float = Field(0.7, gt=0, le=1, description="vLLM: fraction of GPU memory it may use.")
+    vllm_enforce_eager: bool = Field(False, description="vLLM: disable CUDA graphs (less memory, slower).")
+
+
+class EvaluationArgs(Section):
+    do_predict: bool = Field(
+        False, description="Generate for every eval_dataset example and score it (ROUGE, BLEU)."
+    )
+    predict_with_generate: bool = Field(
+        False, description="Accepted for LLaMA-Factory configs: prediction always generates."
+    )
+    eval_num_beams: int | None = Field(
+        None, gt=0, description="Beam width for prediction (default: num_beams)."
+    )
+    task: str | None = Field(
+        None, description="Benchmark for `tunery eval`: a task folder name under task_dir, "
+        "optionally with a split (e.g. mmlu_test, sample_test)."
+    )
+    task_dir: str = Field(
+        "builtin", description="Folder holding benchmark task folders; `builtin` means Tunery's sample task."
+    )
+    n_shot: int = Field(5, ge=0, description="Solved examples shown before each benchmark question.")
+    lang: Literal["en", "zh"] = Field("en", description="Language of the benchmark prompt.")
+    save_dir: str | None = Field(None, description="Where `tunery eval` writes results.json.")
+
+
+class ExportArgs(Section):
+    export_dir: str | None = Field(None, description="Folder the merged model is written to.")
+    export_size: int = Field(5, gt=0, description="Largest safetensors shard, in GB.")
+    export_device: Literal["cpu", "auto"] = Field(
+        "cpu", description="Merge on the CPU, or on the GPU when there is one (auto)."
+    )
+    export_legacy_format: bool = Field(
+        False, description="Write .bin files instead of safetensors (not recommended)."
+    )
+    export_gguf: Literal["f16", "q8_0"] | None = Field(
+        None, description="Also write a GGUF file (f16 or q8_0) for llama.cpp and Ollama."
+    )
+
+
 SECTIONS: dict[str, type[Section]] = {
     "model": ModelArgs,
     "data": DataArgs,
     "finetuning": FinetuningArgs,
     "training": TrainingArgs,
     "generation": GenerationArgs,
+    "inference": InferenceArgs,
+    "evaluation": EvaluationArgs,
+    "export": ExportArgs,
 }
 
 
@@ -276,6 +328,9 @@ class RunConfig(BaseModel):
     finetuning: FinetuningArgs = Field(default_factory=FinetuningArgs)
     training: TrainingArgs = Field(default_factory=TrainingArgs)
     generation: GenerationArgs = Field(default_factory=GenerationArgs)
+    inference: InferenceArgs = Field(default_factory=InferenceArgs)
+    evaluation: EvaluationArgs = Field(default_factory=EvaluationArgs)
+    export: ExportArgs = Field(default_factory=ExportArgs)
 
     @model_validator(mode="after")
     def check_run(self) -> "RunConfig":

@@ -8,7 +8,7 @@ move from here into ``schema.py``.
 PREFERENCE = "reward modelling / preference stages"
 RL = "PPO / GRPO"
 PRECISION = "quantization and advanced LoRA variants"
-SERVING = "inference, evaluation, export and serving"
+EXPORT_QUANT = "quantized export (GPTQ)"
 
 _KEYS_BY_FEATURE: dict[str, list[str]] = {
     PREFERENCE: [
@@ -31,16 +31,14 @@ _KEYS_BY_FEATURE: dict[str, list[str]] = {
         "freeze_vision_tower", "freeze_multi_modal_projector", "image_max_pixels",
         "video_max_pixels", "moe_aux_loss_coef", "use_muon",
     ],
-    SERVING: [
-        "infer_backend", "vllm_maxlen", "vllm_gpu_util", "vllm_enforce_eager", "export_dir",
-        "export_size", "export_device", "export_quantization_bit", "export_legacy_format",
-        "export_hub_model_id", "do_predict", "predict_with_generate", "eval_num_beams",
-        "task", "task_dir", "n_shot", "lang", "save_dir", "infer_dtype",
+    EXPORT_QUANT: [
+        "export_quantization_bit", "export_quantization_dataset", "export_quantization_nsamples",
+        "export_quantization_maxlen",
     ],
     "distributed engines beyond accelerate's defaults": ["deepspeed", "fsdp", "fsdp_config"],
     "hub downloads (Tunery runs offline)": [
         "hf_hub_token", "ms_hub_token", "om_hub_token", "use_modelscope", "use_openmind",
-        "push_to_hub", "hub_model_id",
+        "push_to_hub", "hub_model_id", "export_hub_model_id",
     ],
     "multimodal models": ["media_dir", "image_dir", "audio_sampling_rate", "video_fps"],
     "other LLaMA-Factory / transformers options": [

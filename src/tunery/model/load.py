@@ -152,10 +152,13 @@ def choose_dtype(config: RunConfig, for_training: bool) -> torch.dtype:
     Half precision is used when asked (``bf16``/``fp16``); frozen weights stay in
     it while ``apply_finetuning`` upcasts the trainable ones to fp32. Full
     fine-tuning loads fp32 directly since every weight is trainable anyway.
-    Inference on a GPU uses bf16 (fp16 without bf16 support); the CPU default is fp32.
+    Inference on a GPU uses bf16 (fp16 without bf16 support); the CPU default is fp32;
+    ``infer_dtype`` overrides both for inference.
     """
     training = config.training
     gpu = on_gpu(training)
+    if not for_training and config.inference.infer_dtype != "auto":
+        return getattr(torch, config.inference.infer_dtype)
     if training.fp16 and not gpu:
         raise ConfigError("`fp16: true` needs a GPU; on the CPU use `bf16: true` instead.")
     if for_training and config.finetuning.finetuning_type == "full":
