@@ -54,10 +54,13 @@ class ChatEngine:
     def __init__(self, config: RunConfig):
         self.config = config
         self.tokenizer, self.template = load_tokenizer_and_template(config)
-        self.model = load_model(config, self.tokenizer, for_training=False)
-        self.model.eval()
         self.stop_ids = self.template.get_stop_token_ids(self.tokenizer)
         self.generation_lock = threading.Lock()
+        self.model = self.load_weights()
+
+    def load_weights(self):
+        """The base model with the configured adapters merged in (another backend loads its own)."""
+        return load_model(self.config, self.tokenizer, for_training=False)
 
     # ----- prompts -----
 
@@ -200,6 +203,15 @@ class ChatEngine:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def create_engine(config: RunConfig) -> ChatEngine:
+    """The engine ``infer_backend`` asks for: transformers (everywhere) or vLLM (GPU)."""
+    if config.inference.infer_backend == "vllm":
+        from tunery.infer.vllm_engine import VllmEngine
+
+        return VllmEngine(config)
+    return ChatEngine(config)
 
 
 class CancelOnEvent(StoppingCriteria):

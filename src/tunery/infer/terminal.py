@@ -7,7 +7,7 @@ import sys
 
 from tunery.config import RunConfig
 from tunery.data.conversation import Message, Role
-from tunery.infer.engine import ChatEngine
+from tunery.infer.engine import ChatEngine, create_engine
 
 HELP = "Type a message and press Enter. `clear` resets the history, `exit` quits."
 
@@ -16,7 +16,7 @@ def chat_in_terminal(config: RunConfig, read=input, write=sys.stdout.write, engi
     """Run the read-reply loop until `exit` or end of input (``engine`` defaults to the config's)."""
     if engine is None:
         write("Loading the model...\n")
-        engine = ChatEngine(config)
+        engine = create_engine(config)
     system = config.data.default_system or ""
     history: list[Message] = []
     write(HELP + "\n")
