@@ -44,6 +44,7 @@ RESPONSE_ROLES = (Role.ASSISTANT, Role.FUNCTION_CALL)
 class PredictionExample:
     prompt_ids: list[int]
     label: str
+    question: str  # the last prompt-side turn, for reports
 
 
 @dataclass
@@ -51,6 +52,7 @@ class PredictionRun:
     """What one prediction produced, for files, reports and comparisons."""
 
     prompts: list[str]
+    questions: list[str]
     labels: list[str]
     predictions: list[str]
     metrics: dict[str, float]
@@ -98,7 +100,8 @@ def encode_example(conversation: Conversation, tokenizer, template, cutoff_len: 
     prompt = template.encode_prompt(
         tokenizer, Conversation(messages=messages, system=conversation.system, tools=conversation.tools)
     )
-    return PredictionExample(prompt_ids=prompt[-cutoff_len:], label=label)
+    question = messages[-1].content if messages else ""
+    return PredictionExample(prompt_ids=prompt[-cutoff_len:], label=label, question=question)
 
 
 def generate_all(
@@ -140,7 +143,8 @@ def predict(config: RunConfig, engine: ChatEngine | None = None) -> PredictionRu
         "predict_tokens_per_second": round(generated / runtime, 3),
     }
     prompts = [engine.tokenizer.decode(e.prompt_ids, skip_special_tokens=False) for e in examples]
-    return PredictionRun(prompts, labels, predictions, metrics)
+    questions = [example.question for example in examples]
+    return PredictionRun(prompts, questions, labels, predictions, metrics)
 
 
 def save_prediction(run: PredictionRun, output_dir: str | Path) -> None:
