@@ -104,3 +104,16 @@ def test_every_other_example_trains_a_step(example, tmp_path):
     log = [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
     assert [entry["current_steps"] for entry in log if "loss" in entry] == [1, 2]
     assert (out / "run_config.yaml").is_file()
+
+
+def test_predict_and_compare_examples_score_the_tuned_model_above_the_base(quickstart_adapter, tmp_path):
+    adapter = f"adapter_name_or_path={quickstart_adapter}"
+    tunery("predict", "examples/predict.yaml", adapter, f"output_dir={tmp_path / 'predict'}", "max_samples=8")
+    lines = (tmp_path / "predict" / "generated_predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 8
+    report = tmp_path / "compare"
+    tunery("compare", "examples/compare.yaml", adapter, f"output_dir={report}", "max_samples=8")
+    results = json.loads((report / "compare_results.json").read_text())
+    assert results["tuned"]["predict_rouge-l"] > results["base"]["predict_rouge-l"] + 10, results
+    assert "Tunery" in (report / "compare_report.md").read_text()
+    assert (report / "training_loss.png").is_file()
