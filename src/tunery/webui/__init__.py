@@ -1,0 +1,31 @@
+"""Tunery's browser front ends, built with Gradio (``pip install 'tunery[webui]'``).
+
+``chat.build_chat`` is the chat component (streaming replies, system prompt,
+tools, generation settings); ``webchat`` serves it alone for one model
+(`tunery webchat`). Every UI string lives in ``locales/<lang>.json`` and is
+looked up with ``t``; importing this package does not import Gradio, so the
+CLI can say how to install it when it is missing.
+"""
+
+import json
+from functools import cache
+from importlib.resources import files
+
+from tunery.errors import ConfigError
+
+LANGUAGES = ("en", "zh")
+FALLBACK_LANGUAGE = "en"
+
+
+@cache
+def load_strings(lang: str) -> dict[str, str]:
+    """All UI strings of one language (``locales/<lang>.json``)."""
+    if lang not in LANGUAGES:
+        raise ConfigError(f"Unknown UI language '{lang}'; choose one of: {', '.join(LANGUAGES)}.")
+    return json.loads(files(__package__).joinpath("locales", f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def t(key: str, lang: str = FALLBACK_LANGUAGE, **values) -> str:
+    """The UI string ``key`` in ``lang`` (English where a translation is missing), filled with ``values``."""
+    text = load_strings(lang).get(key) or load_strings(FALLBACK_LANGUAGE)[key]
+    return text.format(**values) if values else text
