@@ -2,13 +2,14 @@
 # Set up Tunery in ./.venv: PyTorch (a CPU build where there is no GPU), Tunery itself,
 # and the built-in SmolLM2-135M-Instruct model. Safe to run again; it only adds what is missing.
 # Usage: bash scripts/setup.sh [dev]     ("dev" also installs the test tools)
+# Both install the API server and web UI extras, so every command in the README works.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-python3}
 TORCH_VERSION=${TORCH_VERSION:-2.13.0}
-extras=""
-[ "${1:-}" = "dev" ] && extras="[dev]"
+extras="[api,webui]"
+[ "${1:-}" = "dev" ] && extras="[api,webui,dev]"
 
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 pip() { .venv/bin/python -m pip --disable-pip-version-check -q "$@"; }
