@@ -1,5 +1,6 @@
 """A run killed with SIGKILL mid-training and resumed ends with the same weights as an uninterrupted run."""
 
+import json
 import signal
 import subprocess
 import sys
@@ -64,3 +65,31 @@ def test_sigkill_then_resume_gives_the_uninterrupted_weights(tmp_path):
     log_a = (tmp_path / "a" / "trainer_log.jsonl").read_text().splitlines()
     log_b = (tmp_path / "b" / "trainer_log.jsonl").read_text().splitlines()
     assert len(log_a) == len(log_b) == 10
+
+
+def test_sigint_stops_at_a_step_with_a_checkpoint_and_the_run_resumes(tmp_path):
+    home, model_dir = tmp_path / "home", save_tiny_model(tmp_path / "tiny-model")
+    script = tmp_path / "slow_run.py"
+    script.write_text(SLOW_RUN)
+    keys = run_config(model_dir, tmp_path / "c", **{**KEYS, "save_steps": 1000})  # only the stop saves
+    config = write_config(tmp_path / "c.yaml", keys)
+    process = subprocess.Popen([sys.executable, str(script), str(config)], env=subprocess_env(home),
+                               cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "c" / "trainer_log.jsonl"
+    deadline = time.time() + 240
+    while not (log.exists() and log.read_text().strip()):
+        assert process.poll() is None and time.time() < deadline, "the run never logged a step"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)  # what the web UI's Abort sends
+    _, errors = process.communicate(timeout=120)
+    assert process.returncode == 130, errors[-2000:]
+    checkpoints = sorted((tmp_path / "c").glob("checkpoint-*"))
+    assert len(checkpoints) == 1 and "Stopped at step" in errors
+    stopped_at = int(checkpoints[0].name.removeprefix("checkpoint-"))
+    assert 1 <= stopped_at < KEYS["max_steps"]
+    assert not (tmp_path / "c" / "adapter_model.safetensors").exists()  # not mistaken for a finished run
+
+    result = run_module(["-m", "tunery.train.run", str(config), "resume_from_checkpoint=true"], home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    steps = [json.loads(line)["current_steps"] for line in log.read_text().splitlines()]
+    assert steps[-1] == KEYS["max_steps"]

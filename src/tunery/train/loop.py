@@ -10,6 +10,7 @@ clipping, the LR schedule, evaluation, logging and resumable checkpoints.
 
 import hashlib
 import json
+import logging
 import math
 import time
 from contextlib import nullcontext
@@ -29,9 +30,12 @@ from tunery.errors import ConfigError
 from tunery.train import checkpoint as ckpt
 from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
 from tunery.train.callbacks import Reporter, build_log_entry, plot_metric, save_results
+from tunery.train.interrupt import StopRequest, stop_on_signal
 from tunery.train.memory import cpu_autocast, forward_token_cap, peft_autocast_inputs, release_free_memory
 from tunery.train.schedule import create_optimizer, create_scheduler
 from tunery.train.stages import Stage
+
+logger = logging.getLogger(__name__)
 
 
 def create_accelerator(args: TrainingArgs) -> Accelerator:
@@ -179,16 +183,36 @@ class TrainLoop:
 
     def train_steps(self, reporter: Reporter) -> dict[str, Any]:
         try:
-            while self.state.global_step < self.state.total_steps:
-                epoch, step_in_epoch = divmod(self.state.global_step, self.state.steps_per_epoch)
-                for window in self.iterate_windows(epoch, step_in_epoch):
-                    self.optimizer_step(window)
-                    self.after_step(reporter)
-                    if self.state.global_step >= self.state.total_steps:
-                        break
+            with stop_on_signal() as stop:
+                while self.state.global_step < self.state.total_steps:
+                    epoch, step_in_epoch = divmod(self.state.global_step, self.state.steps_per_epoch)
+                    for window in self.iterate_windows(epoch, step_in_epoch):
+                        self.optimizer_step(window)
+                        self.after_step(reporter)
+                        if self.state.global_step >= self.state.total_steps:
+                            break
+                        if self.stop_requested(stop):
+                            self.stop_with_checkpoint()
         finally:
             reporter.close()
         return self.finish_training(reporter)
+
+    def stop_requested(self, stop: StopRequest) -> bool:
+        """True once any process was asked to stop (all processes must stop at the same step)."""
+        if self.accelerator.num_processes == 1:
+            return stop.requested
+        flag = torch.tensor([float(stop.requested)], device=self.accelerator.device)
+        return bool(self.accelerator.reduce(flag, reduction="sum").item())
+
+    def stop_with_checkpoint(self) -> None:
+        """Save where the run stands (unless this step just did) and end the run as interrupted."""
+        step = self.state.global_step
+        folder = self.output_dir / f"{ckpt.PREFIX}{step}"
+        if step % self.args.save_steps != 0:
+            folder = self.save_checkpoint()
+        logger.warning("Stopped at step %d on request; checkpoint: %s (resume with "
+                       "resume_from_checkpoint=true).", step, folder)
+        raise KeyboardInterrupt
 
     def prepare_output_dir(self) -> Path | None:
         resume_dir = ckpt.resolve_resume(self.args)

@@ -136,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     except TuneryError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2  # as `tunery train`: 2 means bad input
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130  # as a shell reports Ctrl+C
     logger.info("Metrics: %s", metrics)
     return 0
 
