@@ -12,10 +12,10 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 
 from tunery.config import RunConfig
 from tunery.errors import ConfigError, TuneryError
+from tunery.infer.engine import model_label
 
 logger = logging.getLogger(__name__)
 
@@ -28,15 +28,6 @@ class ServeOptions:
     port: int = 8000
     api_key: str | None = None
     model_name: str = "tunery"
-
-
-def default_model_name(config: RunConfig) -> str:
-    """The name clients use in ``model``: the last adapter's folder name, else the model's name."""
-    adapters = config.model.adapter_name_or_path
-    if adapters:
-        return Path(adapters[-1]).name
-    path = Path(config.model.model_name_or_path)
-    return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
 def resolve_options(
@@ -59,7 +50,7 @@ def resolve_options(
         host=host or environ.get("API_HOST") or "127.0.0.1",
         port=port_number,
         api_key=api_key or environ.get("API_KEY") or None,
-        model_name=model_name or environ.get("API_MODEL_NAME") or default_model_name(config),
+        model_name=model_name or environ.get("API_MODEL_NAME") or model_label(config),
     )
 
 

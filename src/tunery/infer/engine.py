@@ -19,8 +19,9 @@ application can load and unload models repeatedly without growing.
 import gc
 import logging
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from queue import Queue
 
 import torch
@@ -174,17 +175,16 @@ class ChatEngine:
 
     @torch.inference_mode()
     def generate_into(self, kwargs: dict, stream: "TextStream") -> None:
-        """Worker thread: generate under the lock; an error is handed to the reader, not lost."""
-        try:
-            with self.generation_lock:
-                if not stream.cancelled.is_set():  # the reader left while this request queued
-                    output = self.model.generate(**kwargs)
-                    if "streamer" not in kwargs:
-                        stream.put(output[0, kwargs["input_ids"].shape[1]:])
-        except BaseException as err:
-            stream.fail(err)
-        finally:
-            stream.end()
+        """Worker thread: generate under the lock, feeding ``stream``."""
+        stream.feed(lambda: self.generate_locked(kwargs, stream))
+
+    def generate_locked(self, kwargs: dict, stream: "TextStream") -> None:
+        with self.generation_lock:
+            if stream.cancelled.is_set():  # the reader left while this request queued
+                return
+            output = self.model.generate(**kwargs)
+            if "streamer" not in kwargs:
+                stream.put(output[0, kwargs["input_ids"].shape[1]:])
 
     # ----- lifetime -----
 
@@ -203,6 +203,15 @@ class ChatEngine:
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def model_label(config: RunConfig) -> str:
+    """What users call the loaded model: the last adapter's folder name, else the model's name."""
+    adapters = config.model.adapter_name_or_path
+    if adapters:
+        return Path(adapters[-1]).name
+    path = Path(config.model.model_name_or_path)
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
 
 
 def create_engine(config: RunConfig) -> ChatEngine:
@@ -265,8 +274,15 @@ class TextStream(BaseStreamer):
             self.emit_new_text(final=True)
         self.pieces.put(None)
 
-    def fail(self, err: BaseException) -> None:
-        self.failure = err
+    def feed(self, produce: Callable[[], None]) -> None:
+        """Run ``produce`` (which calls ``put``) in a worker; an error reaches the reader, never lost."""
+        try:
+            if not self.cancelled.is_set():
+                produce()
+        except BaseException as err:
+            self.failure = err
+        finally:
+            self.end()
 
     def emit_new_text(self, final: bool) -> None:
         """Queue the text decoded since the last piece, holding back a half-decoded character."""

@@ -111,13 +111,7 @@ class VllmEngine(ChatEngine):
         return stream
 
     def generate_whole_into(self, prompt: list[int], settings: GenerationArgs, stream: TextStream) -> None:
-        try:
-            if not stream.cancelled.is_set():
-                stream.put(torch.tensor(self.generate_ids([prompt], settings)[0]))
-        except BaseException as err:
-            stream.fail(err)
-        finally:
-            stream.end()
+        stream.feed(lambda: stream.put(torch.tensor(self.generate_ids([prompt], settings)[0])))
 
     def close(self) -> None:
         with self.generation_lock:

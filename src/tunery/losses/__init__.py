@@ -9,6 +9,6 @@ from tunery.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
-from tunery.losses import lm  # noqa: E402  (registers after LOSSES exists)
+from tunery.losses import lm, preference  # noqa: E402  (they register after LOSSES exists)
 
-__all__ = ["LOSSES", "lm"]
+__all__ = ["LOSSES", "lm", "preference"]

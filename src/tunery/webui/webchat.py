@@ -7,10 +7,10 @@ interrupted and frees the model afterwards.
 
 import importlib.util
 import logging
-from pathlib import Path
 
 from tunery.config import RunConfig
 from tunery.errors import TuneryError
+from tunery.infer.engine import model_label
 from tunery.webui import load_strings, t
 
 logger = logging.getLogger(__name__)
@@ -27,15 +27,6 @@ def require_gradio() -> None:
         )
 
 
-def model_title(config: RunConfig) -> str:
-    """What the page calls the model: the last adapter's folder name, else the model's name."""
-    adapters = config.model.adapter_name_or_path
-    if adapters:
-        return Path(adapters[-1]).name
-    path = Path(config.model.model_name_or_path)
-    return path.stem if path.suffix.lower() == ".gguf" else path.name
-
-
 def create_webchat(config: RunConfig, engine=None, locale: str = "en"):
     """The chat page (a ``gr.Blocks``) for ``engine``, or for the config's model loaded now."""
     require_gradio()
@@ -47,7 +38,7 @@ def create_webchat(config: RunConfig, engine=None, locale: str = "en"):
     load_strings(locale)  # an unknown language is refused before the model loads
     engine = engine or create_engine(config)
     with gr.Blocks(title=t("chat.title", locale), analytics_enabled=False) as page:
-        gr.Markdown(f"## {t('chat.title', locale)}\n{t('chat.model', locale, name=model_title(config))}")
+        gr.Markdown(f"## {t('chat.title', locale)}\n{t('chat.model', locale, name=model_label(config))}")
         # the box shows the system prompt in use: default_system, else the template's own
         defaults = ChatDefaults.from_config(config, system=engine.template.default_system)
         build_chat(lambda: engine, defaults, locale)
@@ -66,7 +57,7 @@ def launch_webchat(config: RunConfig, host: str = DEFAULT_HOST, port: int = DEFA
     engine = create_engine(config)
     try:
         page = create_webchat(config, engine, locale)
-        logger.info("Chat with '%s' at http://%s:%d", model_title(config), host, port)
+        logger.info("Chat with '%s' at http://%s:%d", model_label(config), host, port)
         try:
             page.queue().launch(server_name=host, server_port=port, share=share, show_error=True)
         except OSError as err:  # Gradio's words for a port in use or an address it cannot bind

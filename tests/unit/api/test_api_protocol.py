@@ -20,6 +20,7 @@ from tunery.api.stops import StopCutter
 from tunery.config import load_config
 from tunery.data.conversation import Message, Role
 from tunery.errors import ConfigError, TuneryError
+from tunery.infer.engine import model_label
 
 
 def chat_messages(*messages: dict) -> list[ChatMessage]:
@@ -208,7 +209,7 @@ def test_flags_win_over_environment_variables_which_win_over_defaults():
     ],
 )
 def test_the_default_model_name_comes_from_the_model_or_adapter(keys, name):
-    assert server.default_model_name(load_config(None, keys)) == name
+    assert model_label(load_config(None, keys)) == name
 
 
 def test_without_the_api_packages_the_cli_says_what_to_install(monkeypatch, capsys):
