@@ -127,7 +127,11 @@ class DataArgs(Section):
 
 
 class FinetuningArgs(Section):
-    stage: Literal["pt", "sft"] = Field("sft", description="Training stage: pt or sft.")
+    stage: Literal["pt", "sft", "rm", "dpo", "kto"] = Field(
+        "sft",
+        description="Training stage: pt (pre-training), sft, rm (reward model), dpo (DPO/IPO/ORPO/SimPO "
+        "by pref_loss) or kto.",
+    )
     finetuning_type: Literal["full", "freeze", "lora"] = Field(
         "lora", description="Which weights train: all (full), the last layers (freeze), or LoRA."
     )
@@ -156,10 +160,26 @@ class FinetuningArgs(Section):
         None, description="Freeze tuning: modules outside the layers to train too (e.g. embed_tokens)."
     )
     plot_loss: bool = Field(False, description="Save training_loss.png in output_dir.")
+    pref_beta: float = Field(0.1, gt=0, description="DPO/KTO/ORPO/SimPO: the beta of the preference loss.")
+    pref_ftx: float = Field(0.0, ge=0, description="DPO: weight of an added SFT loss on the chosen answers.")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "orpo", "simpo"] = Field(
+        "sigmoid", description="Stage dpo's objective: sigmoid (DPO), hinge, ipo, orpo or simpo."
+    )
+    dpo_label_smoothing: float = Field(
+        0.0, ge=0, le=0.5, description="DPO sigmoid: assumed share of flipped preference labels (cDPO)."
+    )
+    simpo_gamma: float = Field(0.5, ge=0, description="SimPO: the target reward margin.")
+    kto_chosen_weight: float = Field(1.0, gt=0, description="KTO: weight of desirable examples.")
+    kto_rejected_weight: float = Field(1.0, gt=0, description="KTO: weight of undesirable examples.")
+    ref_model: str | None = Field(
+        None, description="DPO/KTO reference model (default: the model itself before training; with LoRA "
+        "the same weights with the adapter disabled)."
+    )
+    ref_model_adapters: list[str] | None = Field(None, description="Adapters merged into ref_model.")
 
     _split_modules = field_validator(
         "lora_target", "additional_target", "freeze_trainable_modules", "freeze_extra_modules",
-        mode="before",
+        "ref_model_adapters", mode="before",
     )(split_names)
 
     @property
@@ -340,6 +360,8 @@ class RunConfig(BaseModel):
 
     @property
     def packing_enabled(self) -> bool:
+        if self.finetuning.stage in ("rm", "dpo", "kto"):  # a row is already a pair of examples
+            return False
         if self.data.neat_packing:  # as in LLaMA-Factory, neat packing implies packing
             return True
         if self.data.packing is None:

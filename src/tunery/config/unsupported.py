@@ -5,20 +5,16 @@ says so, never run while silently ignoring it. When a feature lands, its keys
 move from here into ``schema.py``.
 """
 
-PREFERENCE = "reward modelling / preference stages"
+PREFERENCE = "BCO and LD-DPO preference variants"
 RL = "PPO / GRPO"
 PRECISION = "quantization and advanced LoRA variants"
 EXPORT_QUANT = "quantized export (GPTQ)"
 
 _KEYS_BY_FEATURE: dict[str, list[str]] = {
-    PREFERENCE: [
-        "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing", "simpo_gamma",
-        "kto_chosen_weight", "kto_undesirable_weight", "pref_bco_weight", "ld_alpha",
-    ],
+    PREFERENCE: ["pref_bco_weight", "ld_alpha", "ref_model_quantization_bit"],
     RL: [
         "reward_model", "reward_model_type", "reward_model_adapters", "reward_model_quantization_bit",
         "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards",
-        "ref_model", "ref_model_adapters", "ref_model_quantization_bit",
     ],
     PRECISION: [
         "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
@@ -80,8 +76,6 @@ COMPATIBLE_DEFAULTS: dict[str, tuple] = {
 
 # (key, value) pairs whose key we support but whose value we do not, yet
 UNSUPPORTED_VALUES: dict[tuple[str, str], str] = {
-    ("stage", stage): PREFERENCE for stage in ("rm", "dpo", "kto")
-} | {
     ("stage", "ppo"): RL,
     ("stage", "grpo"): RL,
 }

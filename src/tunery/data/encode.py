@@ -180,3 +180,118 @@ def encode_pt_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, tem
     encoded = dict(zip(good, encode_texts([texts[i] for i in good], tokenizer, template), strict=True))
     ids = [encoded.get(i, []) for i in range(len(texts))]
     return {"input_ids": ids, "full_len": [len(x) for x in ids], "error": errors}
+
+
+# ----- preference stages: pairs (rm, dpo) and feedback (kto) -------------------------------------------
+#
+# A preference row holds two examples that belong together, stored like a packed row:
+# ``input_ids``/``labels`` are the two examples one after the other and ``seq_lens`` their
+# lengths. Collation then keeps them apart with per-example attention and in order, so a
+# stage reads example 2k and 2k+1 of a batch as the pair of row k.
+
+
+def encode_one_turn(conv: Conversation, response, tokenizer, template) -> tuple[list[int], list[int]]:
+    """(prompt ids, response ids) of ``conv``'s messages followed by ``response`` (LF's encode_oneturn)."""
+    whole = Conversation(messages=[*conv.messages, response], system=conv.system, tools=conv.tools)
+    pairs = template.encode_turns(tokenizer, whole)
+    prompt = [i for source, target in pairs[:-1] for i in (*source, *target)] + list(pairs[-1][0])
+    answer = list(pairs[-1][1])
+    if getattr(template, "efficient_eos", False):
+        answer.append(tokenizer.eos_token_id)
+    return prompt, answer
+
+
+def join_examples(
+    prompt: list[int], answers: Sequence[list[int]], cutoff_len: int
+) -> tuple[list, list, list]:
+    """One row of ``prompt + answer`` examples, truncated together (answers share one length budget)."""
+    source_len, target_len = infer_seqlen(len(prompt), max(len(a) for a in answers), cutoff_len)
+    input_ids: list[int] = []
+    labels: list[int] = []
+    seq_lens: list[int] = []
+    for answer in answers:
+        kept = answer[:target_len]
+        input_ids += prompt[:source_len] + kept
+        labels += [IGNORE_INDEX] * source_len + kept
+        seq_lens.append(source_len + len(kept))
+    return input_ids, labels, seq_lens
+
+
+def encode_pairwise(
+    conv: Conversation, tokenizer, template, opts: EncodeOptions
+) -> tuple[list, list, list, int]:
+    """A ranking example as one row: chosen then rejected (both after the same prompt)."""
+    if conv.chosen is None or conv.rejected is None:
+        raise RowError("a preference row needs both a chosen and a rejected answer")
+    prompt, chosen = encode_one_turn(conv, conv.chosen, tokenizer, template)
+    _, rejected = encode_one_turn(conv, conv.rejected, tokenizer, template)
+    full_len = len(prompt) + max(len(chosen), len(rejected))
+    return (*join_examples(prompt, [chosen, rejected], opts.cutoff_len), full_len)
+
+
+def split_response(conv: Conversation) -> tuple[Conversation, object]:
+    """The conversation without its final answer, and that answer."""
+    if not conv.messages:
+        raise RowError("no turns")
+    prompt = Conversation(messages=conv.messages[:-1], system=conv.system, tools=conv.tools, extra=conv.extra)
+    return prompt, conv.messages[-1]
+
+
+def encode_feedback(conv: Conversation, kl_answer, tokenizer, template, opts: EncodeOptions):
+    """A KTO example (prompt + its answer) and its KL example (same prompt + another row's answer)."""
+    if "kto_tag" not in conv.extra:
+        raise RowError("a KTO row needs a true/false value in its kto_tag column")
+    prompt, answer = split_response(conv)
+    prompt_ids, answer_ids = encode_one_turn(prompt, answer, tokenizer, template)
+    _, kl_ids = encode_one_turn(prompt, kl_answer, tokenizer, template)
+    full_len = len(prompt_ids) + len(answer_ids)
+    return (*join_examples(prompt_ids, [answer_ids, kl_ids], opts.cutoff_len), full_len)
+
+
+def encode_pairwise_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, template,
+                          opts: EncodeOptions) -> dict:
+    """``datasets.map`` function for rm/dpo: raw ranking rows -> pair rows, or an error per row."""
+    out: dict[str, list] = {"input_ids": [], "labels": [], "seq_lens": [], "full_len": [], "error": []}
+    for raw, index, error in zip(batch["raw"], batch["dataset"], batch["error"], strict=True):
+        row = ([], [], [], 0)
+        if not error:
+            try:
+                row = encode_pairwise(raw_to_conversation(raw, specs[index], opts), tokenizer, template, opts)
+            except (RowError, DataError) as err:
+                error = str(err)
+        for key, value in zip(("input_ids", "labels", "seq_lens", "full_len"), row, strict=True):
+            out[key].append(value)
+        out["error"].append(error)
+    return out
+
+
+def encode_feedback_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, template,
+                          opts: EncodeOptions) -> dict:
+    """``datasets.map`` function for kto: each row's KL example borrows the next row's answer."""
+    out: dict[str, list] = {"input_ids": [], "labels": [], "seq_lens": [], "full_len": [], "kto_tag": [],
+                            "error": []}
+    conversations: list[Conversation | None] = []
+    errors = list(batch["error"])
+    for position, (raw, index) in enumerate(zip(batch["raw"], batch["dataset"], strict=True)):
+        conv = None
+        if not errors[position]:
+            try:
+                conv = raw_to_conversation(raw, specs[index], opts)
+            except RowError as err:
+                errors[position] = str(err)
+        conversations.append(conv)
+    usable = [conv for conv in conversations if conv is not None and conv.messages]
+    for position, conv in enumerate(conversations):
+        row, tag, error = ([], [], [], 0), False, errors[position]
+        if conv is not None:
+            try:  # a mismatched answer: the next usable row's (its own when it is alone)
+                kl_answer = usable[(usable.index(conv) + 1) % len(usable)].messages[-1]
+                row = encode_feedback(conv, kl_answer, tokenizer, template, opts)
+                tag = bool(conv.extra["kto_tag"])
+            except (RowError, DataError, ValueError) as err:
+                error = str(err)
+        for key, value in zip(("input_ids", "labels", "seq_lens", "full_len"), row, strict=True):
+            out[key].append(value)
+        out["kto_tag"].append(tag)
+        out["error"].append(error)
+    return out

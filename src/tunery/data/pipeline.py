@@ -22,13 +22,21 @@ from datasets import Dataset
 
 from tunery.config.schema import RunConfig
 from tunery.data import cache
-from tunery.data.encode import EncodeOptions, chunk_texts, encode_pt_batch, encode_sft_batch
+from tunery.data.encode import (
+    EncodeOptions,
+    chunk_texts,
+    encode_feedback_batch,
+    encode_pairwise_batch,
+    encode_pt_batch,
+    encode_sft_batch,
+)
 from tunery.data.loader import BadRow, data_files, read_rows
 from tunery.data.packing import pack_examples
 from tunery.data.registry import DatasetSpec, resolve_datasets
 from tunery.errors import ConfigError, DataError
 
 MAX_REASONS = 5  # skipped-row reasons kept per dataset
+ENCODERS = {"rm": encode_pairwise_batch, "dpo": encode_pairwise_batch, "kto": encode_feedback_batch}
 
 
 @dataclass
@@ -113,14 +121,26 @@ def check_options(config: RunConfig, template) -> None:
         raise ConfigError("Both `val_size` and `eval_dataset` are set; use one of them.")
 
 
+PAIRWISE_STAGES = ("rm", "dpo")
+
+
 def check_stage(stage: str, specs: list[DatasetSpec]) -> None:
+    """A dataset must have the shape its stage learns from: ranking pairs for rm/dpo, tags for kto."""
     for spec in specs:
-        if spec.ranking:
+        if spec.ranking and stage not in PAIRWISE_STAGES:
             raise DataError(f"Dataset '{spec.name}' is a ranking dataset (chosen/rejected) for stages "
                             f"rm/dpo; stage '{stage}' needs a dataset without `ranking`.")
+        if stage in PAIRWISE_STAGES and not spec.ranking:
+            raise DataError(f"Stage '{stage}' learns from answer pairs, but dataset '{spec.name}' is not a "
+                            'ranking dataset; give it "ranking": true and chosen/rejected columns in '
+                            "dataset_info.json, or use stage sft.")
+        if stage == "kto" and not spec.column("kto_tag"):
+            raise DataError(f"Stage 'kto' needs each answer marked good or bad, but dataset '{spec.name}' "
+                            'has no kto_tag column; add "kto_tag": "<column>" to its "columns" in '
+                            "dataset_info.json.")
 
 
-ROW_COLUMNS = ("input_ids", "labels", "seq_lens")
+ROW_COLUMNS = ("input_ids", "labels", "seq_lens", "kto_tag")
 
 
 def load_saved(path: Path, source: str) -> PreparedData:
@@ -183,11 +203,13 @@ def encode_datasets(config: RunConfig, specs: list[DatasetSpec], tokenizer, temp
         return None, []
     raw, reports = read_datasets(config, specs)
     data = config.data
-    if config.finetuning.stage == "pt":
+    stage = config.finetuning.stage
+    if stage == "pt":
         function = partial(encode_pt_batch, specs=specs, tokenizer=tokenizer, template=template)
     else:
         opts = EncodeOptions(data.cutoff_len, data.train_on_prompt, data.mask_history, data.default_system)
-        function = partial(encode_sft_batch, specs=specs, tokenizer=tokenizer, template=template, opts=opts)
+        encoder = ENCODERS.get(stage, encode_sft_batch)
+        function = partial(encoder, specs=specs, tokenizer=tokenizer, template=template, opts=opts)
     workers = data.preprocessing_num_workers
     encoded = raw.map(function, batched=True, batch_size=data.preprocessing_batch_size,
                       num_proc=workers if workers and workers > 1 and len(raw) >= workers else None,

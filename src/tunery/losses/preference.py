@@ -289,17 +289,16 @@ class TokenLogps(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, targets, keep, window):
         dtype = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        n_positions = targets.shape[1]
         per_token = torch.zeros(targets.shape, dtype=dtype, device=logits.device)
         lse = torch.zeros(targets.shape, dtype=dtype, device=logits.device)
+        positions = logits[:, :-1]  # a view: position t predicts target t
         for cols in windows_with_labels(keep, window):
-            z = logits[:, cols].to(dtype)
+            z = positions[:, cols].to(dtype)
             lse[:, cols] = torch.logsumexp(z, dim=-1)
             per_token[:, cols] = z.gather(-1, targets[:, cols, None]).squeeze(-1) - lse[:, cols]
         per_token.masked_fill_(~keep, 0.0)
         ctx.save_for_backward(logits, targets, keep, lse)
         ctx.window = window
-        ctx.n_positions = n_positions
         return per_token
 
     @staticmethod
@@ -307,12 +306,14 @@ class TokenLogps(torch.autograd.Function):
     def backward(ctx, grad_output):
         logits, targets, keep, lse = ctx.saved_tensors
         grad_tokens = (grad_output * keep).to(lse.dtype)  # ignored positions get no gradient
-        grad = torch.zeros_like(logits)  # includes the last position, which predicts nothing
+        grad = torch.zeros_like(logits)  # the last position predicts nothing and keeps 0
+        positions, grad_positions = logits[:, :-1], grad[:, :-1]
         for cols in windows_with_labels(keep, ctx.window):
             g = grad_tokens[:, cols, None]
-            piece = logits[:, cols].to(lse.dtype).sub_(lse[:, cols, None]).exp_().mul_(-g)  # -softmax * g
+            # Out of place first: .to() of float32 logits is the logits themselves, not a copy.
+            piece = (positions[:, cols].to(lse.dtype) - lse[:, cols, None]).exp_().mul_(-g)  # -softmax * g
             piece.scatter_add_(-1, targets[:, cols, None], g)
-            grad[:, cols] = piece.to(grad.dtype)
+            grad_positions[:, cols] = piece.to(grad.dtype)
         return grad, None, None, None
 
 

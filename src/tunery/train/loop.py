@@ -340,7 +340,7 @@ class TrainLoop:
         }
         if self.last_grad_norm is not None:
             extras["grad_norm"] = round(float(self.last_grad_norm), 6)
-        return extras
+        return extras | self.stage.pop_metrics("train")
 
     def log_entry(self, values: dict[str, Any]) -> dict[str, Any]:
         state = self.state
@@ -370,7 +370,8 @@ class TrainLoop:
         loss_sum, n_tokens = acc.reduce(totals, "sum").tolist()
         self.module.train(was_training)
         eval_loss = loss_sum / max(n_tokens, 1.0)
-        return {"eval_loss": round(eval_loss, 6), "perplexity": round(safe_exp(eval_loss), 4)}
+        metrics = {"eval_loss": round(eval_loss, 6), "perplexity": round(safe_exp(eval_loss), 4)}
+        return metrics | {f"eval_{key}": value for key, value in self.stage.pop_metrics("eval").items()}
 
     # ------------------------------------------------------------- checkpoints
     def checkpoint_parts(self) -> dict[str, Any]:
@@ -388,6 +389,7 @@ class TrainLoop:
         parts = {**self.checkpoint_parts(), "state": state.to_dict()}
         ckpt.save_checkpoint(final, parts, acc.process_index, acc.is_main_process, acc.wait_for_everyone)
         if acc.is_main_process:
+            self.stage.save_extras(acc.unwrap_model(self.model), final)
             ckpt.prune_checkpoints(self.output_dir, self.args.save_total_limit)
         acc.wait_for_everyone()
         return final
@@ -395,6 +397,7 @@ class TrainLoop:
     def restore(self, folder: Path) -> None:
         acc = self.accelerator
         saved = ckpt.load_checkpoint(folder, self.checkpoint_parts(), acc.process_index)
+        self.stage.load_extras(acc.unwrap_model(self.model), folder)
         restored = TrainState.from_dict(saved)
         for key in RESUME_MUST_MATCH:
             if key in saved and getattr(restored, key) != getattr(self.state, key):

@@ -104,11 +104,12 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     stage = get_stage(config.finetuning.stage, config, tokenizer)
     model = load_model(config, tokenizer, for_training=True)
     choose_batching(config, model, stage)
-    model = apply_finetuning(model, config.finetuning, config.model.adapter_name_or_path)
+    model = stage.prepare_model(apply_finetuning(model, config.finetuning, config.model.adapter_name_or_path))
     loop = TrainLoop(config, model, tokenizer, stage, data.train, data.eval, accelerator)
     metrics = loop.run()
     if args.do_train and accelerator.is_main_process:
         save_outputs(config, loop.model, tokenizer)
+        stage.save_extras(accelerator.unwrap_model(loop.model), Path(args.output_dir))
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return metrics

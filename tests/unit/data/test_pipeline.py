@@ -215,6 +215,10 @@ def test_builtin_demo_datasets_encode_without_skipping():
     cfg.data.dataset = ["text_demo"]
     cfg.finetuning.stage = "pt"
     assert prepare(cfg).report.datasets[0].skipped == 0
+    for stage, name in (("dpo", "preference_demo"), ("kto", "kto_demo")):
+        cfg.data.dataset, cfg.finetuning.stage = [name], stage
+        report = prepare(cfg).report.datasets[0]
+        assert report.skipped == 0 and report.rows >= 30
 
 
 def test_pt_on_a_dataset_without_a_text_column_hints_at_columns(tmp_path):

@@ -389,3 +389,19 @@ def test_sequence_logps_custom_ignore_index_and_shape_check():
     assert out.logps.item() == pytest.approx(math.log(0.25))
     with pytest.raises(ValueError, match="disagree"):
         sequence_logps(logits, torch.zeros(1, 4, dtype=torch.long))
+
+
+def test_sequence_logps_skips_prompt_windows_and_leaves_the_logits_untouched():
+    torch.manual_seed(3)
+    logits = torch.randn(2, 10, 20, requires_grad=True)
+    before = logits.detach().clone()
+    labels = torch.randint(0, 20, (2, 10))
+    labels[:, :6] = IGNORE_INDEX  # every row's first windows have no label token at all
+    ours = sequence_logps(logits, labels, chunk_rows=2)
+    (ours_grad,) = torch.autograd.grad(ours.logps.sum(), logits)
+    expected, _ = naive_sequence_logps(logits, labels)
+    (expected_grad,) = torch.autograd.grad(expected.sum(), logits)
+    torch.testing.assert_close(ours.logps, expected)
+    torch.testing.assert_close(ours_grad, expected_grad)
+    assert ours_grad[:, :5].abs().sum().item() == 0.0 and ours_grad[:, -1].abs().sum().item() == 0.0
+    assert torch.equal(logits.detach(), before)

@@ -1,4 +1,4 @@
-"""Training stages: what differs between pt, sft and (later) rm, dpo, kto, ppo, grpo.
+"""Training stages: what differs between pt, sft, rm, dpo, kto (and later ppo, grpo).
 
 The loop (``train.loop``) is the same for every stage. A stage supplies only
 how a list of rows becomes a batch (``collate``) and how a batch becomes a
@@ -56,6 +56,20 @@ class Stage(ABC):
             return int(batch["attention_mask"].sum())
         return int(batch["input_ids"].numel())
 
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Add what the stage trains besides the model's own weights (e.g. a value head)."""
+        return model
+
+    def save_extras(self, model: torch.nn.Module, folder: Any) -> None:  # noqa: B027  (optional hook)
+        """Write what ``prepare_model`` added beside the saved weights (output_dir and checkpoints)."""
+
+    def load_extras(self, model: torch.nn.Module, folder: Any) -> None:  # noqa: B027  (optional hook)
+        """Read back what ``save_extras`` wrote (resuming from a checkpoint)."""
+
+    def pop_metrics(self, mode: str) -> dict[str, float]:
+        """Stage metrics averaged since the last call, for ``mode`` train or eval (logged per step)."""
+        return {}
+
     # Optional hooks; the loop calls them with itself as argument.
     def on_train_begin(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
         """Called once before the first optimizer step (e.g. to build a reference model)."""
@@ -73,6 +87,6 @@ def get_stage(name: str, config: "RunConfig", tokenizer: Any = None) -> Stage:
 
 
 # Importing the modules registers the built-in stages.
-from tunery.train.stages import pt, sft  # noqa: E402
+from tunery.train.stages import preference, pt, rm, sft  # noqa: E402
 
-__all__ = ["IGNORE_INDEX", "STAGES", "Stage", "get_stage", "pt", "sft"]
+__all__ = ["IGNORE_INDEX", "STAGES", "Stage", "get_stage", "preference", "pt", "rm", "sft"]
