@@ -95,7 +95,8 @@ def test_data_check_on_the_quickstart_config():
 
 
 @pytest.mark.parametrize(
-    "example", ["full_sft.yaml", "freeze_sft.yaml", "loraplus_sft.yaml", "llamafactory_lora_sft.yaml"]
+    "example", ["full_sft.yaml", "freeze_sft.yaml", "loraplus_sft.yaml", "llamafactory_lora_sft.yaml",
+                "dpo.yaml", "reward_model.yaml", "kto.yaml"]
 )
 def test_every_other_example_trains_a_step(example, tmp_path):
     out = tmp_path / "out"

@@ -259,6 +259,12 @@ class TrainingArgs(Section):
 
     _split_report = field_validator("report_to", mode="before")(split_names)
 
+    @field_validator("eval_strategy", mode="before")
+    @classmethod
+    def read_no_as_text(cls, value: object) -> object:
+        """YAML reads a bare ``no`` as false; ``eval_strategy: no`` means the string."""
+        return "no" if value is False else value
+
     @model_validator(mode="after")
     def check_precision(self) -> "TrainingArgs":
         if self.bf16 and self.fp16:

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader
 from transformers import set_seed
 
 from tunery.config.schema import RunConfig, TrainingArgs
-from tunery.data.collate import split_flat
 from tunery.errors import ConfigError
 from tunery.train import checkpoint as ckpt
 from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
@@ -290,7 +289,7 @@ class TrainLoop:
         scale = acc.num_processes / max(loss_tokens, 1)
         step_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
         passes = [(piece, micro.weight) for batch, micro in window
-                  for piece in split_flat(batch, self.max_tokens_per_forward)]
+                  for piece in self.stage.split(batch, self.max_tokens_per_forward)]
         for index, (piece, weight) in enumerate(passes):
             sync = index == len(passes) - 1  # DDP reduces gradients once, after the last pass
             with nullcontext() if sync else acc.no_sync(self.module):
@@ -355,6 +354,7 @@ class TrainLoop:
     def evaluate(self) -> dict[str, float]:
         """Loss per label token and perplexity over the whole eval set, gathered from all processes."""
         acc = self.accelerator
+        self.stage.before_evaluate(self)
         batches = eval_batches(
             len(self.eval_data), self.args.per_device_eval_batch_size, acc.num_processes, acc.process_index
         )

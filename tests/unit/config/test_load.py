@@ -220,3 +220,10 @@ def test_keys_naming_what_tunery_always_does_are_accepted():
 def test_other_llamafactory_keys_say_not_supported_yet():
     with pytest.raises(ConfigError, match="key 'resize_vocab' is not supported yet"):
         load_config(None, ["resize_vocab=true"])
+
+
+def test_a_bare_no_is_the_eval_strategy_not_false(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("eval_strategy: no\n")
+    assert load_config(path).training.eval_strategy == "no"
+    assert load_config(None, ["eval_strategy=no"]).training.eval_strategy == "no"

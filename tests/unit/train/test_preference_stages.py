@@ -138,3 +138,24 @@ def test_reward_model_saves_its_value_head_and_resumes(model_dir, tmp_path):
     keys["max_steps"] = 6
     more = write_config(tmp_path / "more.yaml", keys)
     assert main(["train", str(more), "resume_from_checkpoint=true"]) == 0
+
+
+def test_pairs_split_into_forward_passes_give_the_same_loss(model_dir):
+    config = load_config(None, [f"model_name_or_path={model_dir}", "template=chatml", "stage=dpo",
+                                "pref_loss=simpo", "dataset=preference_demo", "dataset_dir=builtin",
+                                "max_samples=6"])
+    tokenizer, template = load_tokenizer_and_template(config)
+    rows = prepare_data(config, tokenizer, template).train
+    stage = get_stage("dpo", config, tokenizer)
+    from tunery.model.attention import enable_varlen_attention
+    from tunery.model.load import load_model
+
+    model = load_model(config, tokenizer, for_training=False)
+    enable_varlen_attention(model)
+    batch = stage.collate([rows[i] for i in range(6)])
+    pieces = stage.split(batch, max_tokens=int(batch["input_ids"].shape[1]) // 3)
+    assert len(pieces) > 1 and sum(piece["pair_count"] for piece in pieces) == 6
+    assert all(piece["cu_seq_lens_q"].numel() % 2 == 1 for piece in pieces)  # whole pairs only
+    whole, _ = stage.compute_loss(model, batch)
+    parts = sum(stage.compute_loss(model, piece)[0] for piece in pieces)
+    torch.testing.assert_close(parts, whole, rtol=1e-4, atol=1e-4)

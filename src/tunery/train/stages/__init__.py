@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from tunery.data.collate import split_flat
 from tunery.labels import IGNORE_INDEX
 from tunery.registry import Registry
 
@@ -41,6 +42,11 @@ class Stage(ABC):
     @abstractmethod
     def compute_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor | int]:
         """Return (sum of per-token losses, number of tokens summed); must match count_loss_tokens."""
+
+    def split(self, batch: dict, max_tokens: int) -> list[dict]:
+        """``batch`` as forward passes of at most ``max_tokens`` tokens whose summed losses and
+        gradients equal the whole batch's (default: whole examples of a flat batch)."""
+        return split_flat(batch, max_tokens)
 
     def count_loss_tokens(self, batch: dict) -> int:
         """Tokens the loss of ``batch`` is summed over, known before the forward pass.
@@ -76,6 +82,9 @@ class Stage(ABC):
 
     def on_step_end(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
         """Called after each optimizer step."""
+
+    def before_evaluate(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
+        """Called before each evaluation (e.g. to give held-out rows their reference values)."""
 
 
 STAGES: Registry[type[Stage]] = Registry("stage")

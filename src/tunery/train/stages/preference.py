@@ -17,19 +17,21 @@ which is the number of pairs here), and each step logs ``rewards/chosen``,
 ``logps/chosen`` and ``logps/rejected`` (``eval_`` prefixed for evaluation).
 """
 
+import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from tunery.data.collate import collate_flat, collate_padded
+from tunery.data.collate import collate_flat, collate_padded, next_fit_cuts, slice_flat
 from tunery.losses.example_logps import example_logps
 from tunery.losses.preference import dpo_loss, kto_loss, orpo_loss, simpo_loss
 from tunery.train.stages import STAGES, Stage
 
 REFERENCE_FREE = ("orpo", "simpo")
 AVERAGED = ("ipo", "orpo", "simpo")  # LLaMA-Factory feeds these per-token average log-probs
+PER_PAIR_KEYS = ("reference_logps", "kto_tag")
 
 
 class MetricSums:
@@ -65,7 +67,6 @@ class PairedStage(Stage):
         else:
             pad_id = getattr(self.tokenizer, "pad_token_id", None)
             batch = collate_padded(list(rows), pad_id if pad_id is not None else 0)
-        # an extra key also tells split_flat that the examples are tied together in pairs
         batch["pair_count"] = len(rows)
         if "reference_logps" in rows[0]:
             batch["reference_logps"] = torch.tensor([r["reference_logps"] for r in rows], dtype=torch.float32)
@@ -73,6 +74,23 @@ class PairedStage(Stage):
 
     def count_loss_tokens(self, batch: dict) -> int:
         return int(batch["pair_count"])
+
+    def split(self, batch: dict, max_tokens: int) -> list[dict]:
+        """Whole pairs per forward pass: a pair's loss needs both of its examples, nothing else."""
+        if max_tokens <= 0 or "cu_seq_lens_q" not in batch or batch["input_ids"].shape[1] <= max_tokens:
+            return [batch]
+        bounds = batch["cu_seq_lens_q"].tolist()
+        pair_bounds = bounds[::2]  # where each pair starts, and the end
+        cuts = next_fit_cuts(pair_bounds, max_tokens)
+        return [self.slice_pairs(batch, pair_bounds, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+
+    def slice_pairs(self, batch: dict, pair_bounds: list[int], lo: int, hi: int) -> dict:
+        piece = slice_flat(batch, batch["cu_seq_lens_q"].tolist(), 2 * lo, 2 * hi)
+        piece["pair_count"] = hi - lo
+        for key in PER_PAIR_KEYS:
+            if key in batch:
+                piece[key] = batch[key][lo:hi]
+        return piece
 
     def pop_metrics(self, mode: str) -> dict[str, float]:
         return self.metrics.pop(mode)
@@ -89,10 +107,13 @@ class PairedStage(Stage):
         return False
 
     def on_train_begin(self, loop: Any) -> None:
-        if not self.needs_reference:
-            return
-        loop.train_data = self.with_reference(loop, loop.train_data)
-        if loop.eval_data is not None:
+        if self.needs_reference:
+            loop.train_data = self.with_reference(loop, loop.train_data)
+
+    def before_evaluate(self, loop: Any) -> None:
+        # The reference never changes (adapter switched off, or a separately loaded model),
+        # so the held-out rows get theirs at the first evaluation, whenever that is.
+        if self.needs_reference and loop.eval_data is not None:
             loop.eval_data = self.with_reference(loop, loop.eval_data)
 
     def with_reference(self, loop: Any, rows: Any) -> Any:
