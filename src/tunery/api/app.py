@@ -1,4 +1,5 @@
-"""The FastAPI application: OpenAI's models, chat completions and completions endpoints.
+"""The FastAPI application: OpenAI's models, chat completions and completions endpoints, plus
+``/v1/score`` (``tunery.api.scoring``), which a reward model serves instead of generating.
 
 Every request goes through the one shared ``ChatEngine``, whose lock queues
 generations, so concurrent requests never interleave. Handlers never block the
@@ -52,9 +53,11 @@ from tunery.api.protocol import (
     Usage,
     error_body,
 )
+from tunery.api.scoring import SCORE_PATHS, ScoreService
 from tunery.api.stops import StoppedStream
 from tunery.errors import TuneryError
 from tunery.infer.engine import ChatEngine, Reply
+from tunery.infer.reward import RewardScorer
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +80,7 @@ class Job:
 class ApiService:
     """The endpoints' logic, around one engine and the model name it is served under."""
 
-    def __init__(self, engine: ChatEngine, model_name: str):
+    def __init__(self, engine: ChatEngine | RewardScorer, model_name: str):  # a scorer: models endpoints only
         self.engine = engine
         self.model_name = model_name
 
@@ -355,9 +358,12 @@ def api_key_check(api_key: str) -> Callable:
 # ----- the application -------------------------------------------------------------------------------
 
 
-def create_app(engine: ChatEngine, model_name: str, api_key: str | None = None) -> FastAPI:
-    """The API for ``engine``, answering to ``model_name``; ``api_key`` (if set) guards ``/v1``."""
+def create_app(engine: ChatEngine | RewardScorer, model_name: str, api_key: str | None = None) -> FastAPI:
+    """The API for ``engine`` (a chat model, or a reward model that only scores), answering to
+    ``model_name``; ``api_key`` (if set) guards ``/v1``."""
     service = ApiService(engine, model_name)
+    scorer = engine if isinstance(engine, RewardScorer) else None
+    scoring = ScoreService(scorer, model_name, service.check_model)
     app = FastAPI(title="Tunery", description="OpenAI-compatible API over a Tunery model.")
     app.add_exception_handler(ApiError, api_error_response)
     app.add_exception_handler(RequestValidationError, validation_error_response)
@@ -367,8 +373,13 @@ def create_app(engine: ChatEngine, model_name: str, api_key: str | None = None) 
     router = APIRouter(prefix="/v1", dependencies=guard)
     router.add_api_route("/models", service.list_models, methods=["GET"])
     router.add_api_route("/models/{model_id}", service.get_model, methods=["GET"])
-    router.add_api_route("/chat/completions", service.chat, methods=["POST"])
-    router.add_api_route("/completions", service.complete, methods=["POST"])
+    generates = scoring.scorer is None
+    router.add_api_route("/chat/completions", service.chat if generates else scoring.refuse_generation,
+                         methods=["POST"])
+    router.add_api_route("/completions", service.complete if generates else scoring.refuse_generation,
+                         methods=["POST"])
+    for path in SCORE_PATHS:
+        router.add_api_route(path, scoring.score, methods=["POST"])
     app.include_router(router)
 
     @app.get("/health")

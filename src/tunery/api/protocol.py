@@ -88,6 +88,16 @@ class CompletionRequest(SamplingRequest):
     logprobs: int | None = None
 
 
+class ScoreRequest(Lenient):
+    """LLaMA-Factory's ScoreEvaluationRequest (raw ``messages`` texts), or chat ``conversations``
+    each ending with the assistant answer to score."""
+
+    model: str
+    messages: list[str] | None = None
+    conversations: list[list[ChatMessage]] | None = None
+    max_length: int | None = Field(None, ge=1)
+
+
 # ----- responses ------------------------------------------------------------------------------------
 
 
@@ -192,6 +202,15 @@ class ModelCard(BaseModel):
 class ModelList(BaseModel):
     object: Literal["list"] = "list"
     data: list[ModelCard]
+
+
+class ScoreResponse(BaseModel):
+    """LLaMA-Factory's ScoreEvaluationResponse: one reward per input, in order."""
+
+    id: str
+    object: Literal["score.evaluation"] = "score.evaluation"
+    model: str
+    scores: list[float]
 
 
 # ----- errors ---------------------------------------------------------------------------------------

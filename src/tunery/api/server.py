@@ -64,18 +64,24 @@ def require_api_packages() -> None:
 
 
 def serve(config: RunConfig, options: ServeOptions) -> None:
-    """Load the model, then answer requests until interrupted (Ctrl+C)."""
+    """Load the model, then answer requests until interrupted (Ctrl+C).
+
+    A reward model (its folder holds ``value_head.safetensors``) is served for scoring only.
+    """
     require_api_packages()
     import uvicorn
 
     from tunery.api.app import create_app
     from tunery.infer.engine import ChatEngine
+    from tunery.infer.reward import RewardScorer, is_reward_model
 
-    engine = ChatEngine(config)
+    reward = is_reward_model(config)
+    engine = RewardScorer(config) if reward else ChatEngine(config)
     app = create_app(engine, options.model_name, options.api_key)
     key_note = "an API key is required" if options.api_key else "no API key is required"
     logger.info(
-        "Serving '%s' at http://%s:%d/v1 (%s)", options.model_name, options.host, options.port, key_note
+        "Serving %s'%s' at http://%s:%d/v1 (%s)", "the reward model " if reward else "",
+        options.model_name, options.host, options.port, key_note,
     )
     try:
         uvicorn.run(app, host=options.host, port=options.port, log_level="info")

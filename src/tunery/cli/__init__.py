@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from tunery import __version__
 from tunery.cli.common import chat_config, describe_keys
 from tunery.cli.exporting import add_export
+from tunery.cli.rewards import add_score
 from tunery.cli.scoring import add_compare, add_eval, add_predict
 from tunery.cli.serving import add_api, add_chat, add_webchat
 from tunery.cli.training import add_data, add_train
@@ -30,8 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"tunery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (add_train, add_chat, add_predict, add_compare, add_data, add_eval, add_export, add_api,
-                add_webchat):
+    for add in (add_train, add_chat, add_predict, add_compare, add_data, add_eval, add_score, add_export,
+                add_api, add_webchat):
         add(commands)
     commands.add_parser("env", help="print versions and devices (for bug reports)").set_defaults(
         handler=run_env

@@ -25,7 +25,8 @@ def add_api(commands) -> None:
     parser = add_command(
         commands, "api", help="serve a model (and adapter) with an OpenAI-compatible API",
         description="OpenAI-compatible HTTP API: GET /v1/models, POST /v1/chat/completions (streaming, "
-        "tools), POST /v1/completions. Generation keys set the defaults a request's temperature, "
+        "tools), POST /v1/completions; a reward model (stage rm) gets POST /v1/score instead. "
+        "Generation keys set the defaults a request's temperature, "
         "top_p and max_tokens override. Example: tunery api examples/api.yaml --port 8000",
         sections=["generation"], handler=run_api, optional_config=True,
         config_help="optional YAML config (model, adapter, generation keys)",
