@@ -21,6 +21,7 @@ from tunery.cli.scoring import add_compare, add_eval, add_predict
 from tunery.cli.serving import add_api, add_chat, add_webchat
 from tunery.cli.training import add_data, add_train
 from tunery.errors import TuneryError
+from tunery.webui.command import add_webui
 
 __all__ = ["build_parser", "chat_config", "describe_keys", "main"]
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train, add_chat, add_predict, add_compare, add_data, add_eval, add_score, add_export,
-                add_api, add_webchat):
+                add_api, add_webchat, add_webui):
         add(commands)
     commands.add_parser("env", help="print versions and devices (for bug reports)").set_defaults(
         handler=run_env

@@ -2,7 +2,8 @@
 
 ``chat.build_chat`` is the chat component (streaming replies, system prompt,
 tools, generation settings); ``webchat`` serves it alone for one model
-(`tunery webchat`). Every UI string lives in ``locales/<lang>.json`` and is
+(`tunery webchat`); ``app`` is the whole fine-tuning UI (`tunery webui`). Every
+UI string lives in ``locales/<lang>.json`` and is
 looked up with ``t``; importing this package does not import Gradio, so the
 CLI can say how to install it when it is missing.
 """
@@ -13,8 +14,17 @@ from importlib.resources import files
 
 from tunery.errors import ConfigError
 
-LANGUAGES = ("en", "zh")
 FALLBACK_LANGUAGE = "en"
+
+
+def available_languages() -> tuple[str, ...]:
+    """Every language with a ``locales/<lang>.json`` file (English first): a new file is a new language."""
+    found = [entry.name.removesuffix(".json") for entry in files(__package__).joinpath("locales").iterdir()
+             if entry.name.endswith(".json")]
+    return tuple(sorted(found, key=lambda lang: (lang != FALLBACK_LANGUAGE, lang)))
+
+
+LANGUAGES = available_languages()
 
 
 @cache
@@ -23,6 +33,11 @@ def load_strings(lang: str) -> dict[str, str]:
     if lang not in LANGUAGES:
         raise ConfigError(f"Unknown UI language '{lang}'; choose one of: {', '.join(LANGUAGES)}.")
     return json.loads(files(__package__).joinpath("locales", f"{lang}.json").read_text(encoding="utf-8"))
+
+
+def lookup(key: str, lang: str) -> str | None:
+    """The string ``key`` in ``lang`` exactly, or None (no English fallback): for optional texts."""
+    return load_strings(lang).get(key)
 
 
 def t(key: str, lang: str = FALLBACK_LANGUAGE, **values) -> str:

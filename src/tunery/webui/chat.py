@@ -79,6 +79,7 @@ class ChatComponents:
     temperature: gr.Slider
     top_p: gr.Slider
     top_k: gr.Slider
+    settings: gr.Accordion
     reply_event: gr.events.Dependency
 
 
@@ -246,6 +247,12 @@ class ChatHandlers:
 
     def reply(self, message, history, system, tools, max_new_tokens, temperature, top_p, top_k,
               request: gr.Request):
+        yield from self.reply_in(self.locale, message, history, system, tools, max_new_tokens, temperature,
+                                 top_p, top_k, request)
+
+    def reply_in(self, lang, message, history, system, tools, max_new_tokens, temperature, top_p, top_k,
+                 request: gr.Request):
+        """``reply`` with its messages in ``lang`` (a page whose language can change passes its selector)."""
         settings = generation_settings(max_new_tokens, temperature, top_p, top_k)
         session, started = request.session_hash, []
 
@@ -256,7 +263,7 @@ class ChatHandlers:
 
         try:
             yield from stream_reply(self.engine_provider(), message, history, system, tools, settings,
-                                    self.locale, on_stream=track)
+                                    lang, on_stream=track)
         finally:
             with self.lock:
                 if started and self.streams.get(session) is started[0]:
@@ -274,28 +281,33 @@ class ChatHandlers:
 
 
 def build_chat(engine_provider: EngineProvider, defaults: ChatDefaults | None = None,
-               locale: str = "en", elem_prefix: str = "tunery-chat") -> ChatComponents:
+               locale: str = "en", elem_prefix: str = "tunery-chat",
+               language: gr.components.Component | None = None) -> ChatComponents:
     """Lay out the chat inside the current ``gr.Blocks`` and wire its events.
 
     ``engine_provider`` is called on every turn, so a page can load and unload
     models. Components get ``elem_id``s ``{elem_prefix}-message`` and so on.
+    ``language``, a page's language selector, makes messages follow it (else they
+    stay in ``locale``).
     """
     handlers = ChatHandlers(engine_provider, locale)
     with gr.Row():
         with gr.Column(scale=3):
             chatbot, message, send, stop, clear = build_conversation(locale, elem_prefix)
         with gr.Column(scale=1):
-            system, tools, sliders = build_side_panel(defaults or ChatDefaults(), locale, elem_prefix)
+            system, tools, settings, sliders = build_side_panel(defaults or ChatDefaults(), locale,
+                                                                elem_prefix)
+    turn = [message, chatbot, system, tools, *sliders]
     reply_event = gr.on(
-        triggers=[message.submit, send.click], fn=handlers.reply,
-        inputs=[message, chatbot, system, tools, *sliders], outputs=[message, chatbot],
+        triggers=[message.submit, send.click], fn=handlers.reply if language is None else handlers.reply_in,
+        inputs=turn if language is None else [language, *turn], outputs=[message, chatbot],
         api_name="chat", show_progress="minimal",
     )
     stop.click(handlers.stop, cancels=[reply_event], queue=False, api_name="stop")
     chatbot.clear(handlers.stop, cancels=[reply_event], queue=False, api_visibility="private")  # trash icon
     clear.click(handlers.clear, outputs=[chatbot, message], cancels=[reply_event], queue=False,
                 api_name="clear")
-    return ChatComponents(chatbot, message, send, stop, clear, system, tools, *sliders, reply_event)
+    return ChatComponents(chatbot, message, send, stop, clear, system, tools, *sliders, settings, reply_event)
 
 
 def build_conversation(locale: str, prefix: str):
@@ -317,7 +329,7 @@ def build_side_panel(defaults: ChatDefaults, locale: str, prefix: str):
                        placeholder='[{"name": "get_weather", "description": "...", "parameters": '
                        '{"type": "object", "properties": {"city": {"type": "string"}}}}]',
                        elem_id=f"{prefix}-tools")
-    with gr.Accordion(t("chat.settings", locale), open=True):
+    with gr.Accordion(t("chat.settings", locale), open=True) as settings:
         sliders = [
             gr.Slider(1, max(4096, defaults.max_new_tokens), value=defaults.max_new_tokens, step=1,
                       label=t("chat.max_new_tokens", locale), elem_id=f"{prefix}-max-new-tokens"),
@@ -328,4 +340,4 @@ def build_side_panel(defaults: ChatDefaults, locale: str, prefix: str):
             gr.Slider(0, 200, value=defaults.top_k, step=1, label=t("chat.top_k", locale),
                       elem_id=f"{prefix}-top-k"),
         ]
-    return system, tools, sliders
+    return system, tools, settings, sliders
