@@ -1,4 +1,4 @@
-"""The stage registry and the pt/sft stages."""
+"""The stage registry and the pt/sft stages (the preference stages: test_preference_stages.py)."""
 
 import pytest
 import torch
@@ -8,10 +8,11 @@ from tunery.errors import TuneryError
 from tunery.train.stages import STAGES, get_stage
 
 
-def test_pt_and_sft_are_registered_and_misses_list_them(tmp_path):
+def test_every_stage_is_registered_and_misses_list_them(tmp_path):
     config = make_config(tmp_path)
-    assert get_stage("pt", config).name == "pt" and get_stage("sft", config).name == "sft"
-    with pytest.raises(TuneryError, match=r"Did you mean 'sft'.*Known: pt, sft"):
+    for name in ("pt", "sft", "rm", "dpo", "kto"):
+        assert get_stage(name, config).name == name
+    with pytest.raises(TuneryError, match=r"Did you mean 'sft'.*Known: dpo, kto, pt, rm, sft"):
         STAGES.get("sfft")
 
 
