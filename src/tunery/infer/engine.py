@@ -191,18 +191,23 @@ class ChatEngine:
     def close(self) -> None:
         """Free the weights (the web UI loads and unloads models repeatedly)."""
         with self.generation_lock:
-            device = self.model.device
-            del self.model
-            gc.collect()
-            release_free_memory(device)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_model(self)
 
     def __enter__(self) -> "ChatEngine":
         return self
 
     def __exit__(self, *_) -> None:
         self.close()
+
+
+def release_model(owner: object) -> None:
+    """Drop ``owner.model`` and hand its memory back: collect it, trim the heap, empty the CUDA cache."""
+    device = owner.model.device
+    del owner.model
+    gc.collect()
+    release_free_memory(device)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
 
 
 def model_label(config: RunConfig) -> str:

@@ -11,7 +11,6 @@ else right padding), and the reward is the head's value at the last token
 them: tokenized without special tokens, the value at the last token.
 """
 
-import gc
 import logging
 import threading
 from collections.abc import Sequence
@@ -26,9 +25,9 @@ from tunery.data.converters import convert_openai
 from tunery.data.encode import encode_one_turn, join_examples, split_response
 from tunery.data.registry import OPENAI_TAGS, DatasetSpec
 from tunery.errors import DataError, ModelError
+from tunery.infer.engine import release_model
 from tunery.model.attention import enable_varlen_attention, supports_varlen
 from tunery.model.load import load_model
-from tunery.train.memory import release_free_memory
 from tunery.train.run import load_tokenizer_and_template
 from tunery.train.stages.rm import VALUE_HEAD_FILE, attach_value_head, last_token_scores, load_value_head
 
@@ -141,12 +140,7 @@ class RewardScorer:
     def close(self) -> None:
         """Free the weights (a server or the web UI may load another model next)."""
         with self.lock:
-            device = self.model.device
-            del self.model
-            gc.collect()
-            release_free_memory(device)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
+            release_model(self)
 
     def __enter__(self) -> "RewardScorer":
         return self
