@@ -8,14 +8,13 @@ helpful answer against a rude refusal, with `tunery score` and through
 
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
+from live import free_port, wait_until_healthy
 
 from tunery.cli import main
 
@@ -58,12 +57,6 @@ def test_tunery_score_ranks_helpful_answers_higher(reward_model, tmp_path, capsy
         assert helpful > refusal
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_the_api_serves_the_reward_model(reward_model, tmp_path):
     port, key = free_port(), "sk-reward"
     env = {**os.environ, "API_KEY": key, "API_PORT": str(port), "OMP_NUM_THREADS": "1",
@@ -75,15 +68,7 @@ def test_the_api_serves_the_reward_model(reward_model, tmp_path):
         process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=output, stderr=subprocess.STDOUT)
     base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
     try:
-        deadline = time.monotonic() + 300  # a hang guard: the first use may convert the built-in model
-        while True:
-            assert process.poll() is None, log.read_text()
-            try:
-                if httpx.get(f"{base}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.5)
+        wait_until_healthy(process, base, log)
         model = httpx.get(f"{base}/health").json()["model"]
         conversations = [chat(question, answer) for question, good, bad in QUESTIONS
                          for answer in (good, bad)]

@@ -6,41 +6,17 @@ through Debian's Chromium (``apt-get install chromium``; ``scripts/setup.sh dev`
 installs it). The test is skipped only when that browser cannot be launched.
 """
 
-import socket
-import string
-from pathlib import Path
 
 import pytest
-import torch
-from playwright.sync_api import expect, sync_playwright
-from train_tiny import save_tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from live import free_port, launched_chromium, save_letters_model
+from playwright.sync_api import expect
 
 from tunery.config import load_config
 from tunery.data.conversation import Message, Role
 from tunery.infer.engine import ChatEngine
 from tunery.webui.webchat import create_webchat
 
-CHROMIUM = Path("/usr/bin/chromium")
 WAIT_MS = 60_000  # a hang guard, not a timing assertion
-
-
-def save_letters_model(folder: Path) -> Path:
-    """The tiny random model, able to write only the letters a-z: replies are readable in a page."""
-    save_tiny_model(folder)
-    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
-    other = torch.ones(model.config.vocab_size, dtype=torch.bool)
-    other[tokenizer.convert_tokens_to_ids(list(string.ascii_lowercase))] = False
-    with torch.no_grad():
-        model.lm_head.weight[other] = 0  # every other token (eos included) scores 0, below the best letter
-    model.save_pretrained(folder)
-    return folder
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -62,13 +38,8 @@ def url(engine):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as driver:
-        try:
-            chromium = driver.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        except Exception as err:  # no browser on this machine: say why instead of failing
-            pytest.skip(f"cannot launch {CHROMIUM} (install it: apt-get install chromium): {err}")
+    with launched_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 @pytest.fixture

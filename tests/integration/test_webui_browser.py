@@ -15,18 +15,17 @@ skipped only when that browser cannot be launched.
 
 import os
 import re
-import socket
 import time
 from pathlib import Path
 
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from live import free_port, launched_chromium
+from playwright.sync_api import Page, expect
 
 from tunery.data.conversation import Message, Role
 
 pytestmark = pytest.mark.integration
 
-CHROMIUM = Path("/usr/bin/chromium")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DOCS_IMAGE = REPO_ROOT / "docs" / "images" / "webui-train.png"
 WAIT_MS = 300_000  # a hang guard for slow machines, not a timing assertion
@@ -36,12 +35,6 @@ DOCS = bool(os.environ.get("TUNERY_DOCS_SCREENSHOT"))
 STEPS = 12 if DOCS else 4  # the README's picture gets a longer curve
 TRAIN_SETTINGS = {"max-steps": STEPS, "cutoff-len": 128, "max-samples": 16, "logging-steps": 1,
                   "per-device-train-batch-size": 1, "gradient-accumulation-steps": 1}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -68,13 +61,8 @@ def app(workdir):
 
 @pytest.fixture(scope="module")
 def browser():
-    with sync_playwright() as driver:
-        try:
-            chromium = driver.chromium.launch(executable_path=str(CHROMIUM), headless=True)
-        except Exception as err:  # no browser on this machine: say why instead of failing
-            pytest.skip(f"cannot launch {CHROMIUM} (install it: apt-get install chromium): {err}")
+    with launched_chromium() as chromium:
         yield chromium
-        chromium.close()
 
 
 def fill(tab: Page, elem_id: str, value) -> None:

@@ -6,19 +6,15 @@ the official ``gradio_client`` the way a browser's requests would drive it.
 """
 
 import socket
-import string
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from itertools import pairwise
-from pathlib import Path
 
 import gradio as gr
 import pytest
-import torch
 from gradio_client import Client
-from train_tiny import save_tiny_model
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from live import free_port, save_letters_model
 
 from tunery.cli import main
 from tunery.config import load_config
@@ -39,19 +35,6 @@ from tunery.webui.webchat import create_webchat
 GREEDY = generation_settings(max_new_tokens=12, temperature=0, top_p=0.7, top_k=50)
 WEATHER_TOOL = '[{"name": "get_weather", "description": "Weather of a city", "parameters": ' \
     '{"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]'
-
-
-def save_letters_model(folder: Path) -> Path:
-    """The tiny random model, able to write only the letters a-z: replies are readable in a page."""
-    save_tiny_model(folder)
-    tokenizer, model = AutoTokenizer.from_pretrained(folder), AutoModelForCausalLM.from_pretrained(folder)
-    letters = tokenizer.convert_tokens_to_ids(list(string.ascii_lowercase))
-    other = torch.ones(model.config.vocab_size, dtype=torch.bool)
-    other[letters] = False
-    with torch.no_grad():
-        model.lm_head.weight[other] = 0  # every other token (eos included) scores 0, below some letter
-    model.save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="module")
@@ -282,12 +265,6 @@ def wait_until(condition, what: str, timeout: float = 60) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"gave up waiting until {what}"
         time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
