@@ -27,7 +27,7 @@ from tunery.webui.forms import (
     validate,
 )
 from tunery.webui.preview import example_rows, job_status, metrics_table, shown_path
-from tunery.webui.runner import abort_job, job_state, log_tail, start_job
+from tunery.webui.runner import abort_latest, job_state, log_tail, start_job
 from tunery.webui.topbar import top_flat
 from tunery.webui.widgets import Form, Page, field_widget
 
@@ -159,11 +159,8 @@ class EvalActions:
                 fresh, None)
 
     def abort(self, lang: str) -> str:
-        registry = self.page.registry
-        job = registry.latest(KINDS)
-        if job is None or not abort_job(registry, job):
-            return t("train.nothing_to_abort", lang)
-        return t("train.aborting", lang)
+        stopping = abort_latest(self.page.registry, KINDS)
+        return t("train.aborting" if stopping else "train.nothing_to_abort", lang)
 
     def redraw(self, lang: str):
         return self.refresh(lang, None)

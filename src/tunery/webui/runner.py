@@ -212,6 +212,12 @@ def abort_job(registry: JobRegistry, job: Job) -> bool:
     return True
 
 
+def abort_latest(registry: JobRegistry, kinds: str | tuple[str, ...]) -> bool:
+    """Abort the newest job of ``kinds``; False when there is none still running."""
+    job = registry.latest(kinds)
+    return job is not None and abort_job(registry, job)
+
+
 def wait_for(registry: JobRegistry, job: Job, timeout: float, poll: float = 0.2) -> JobState:
     """Wait until the job ends or ``timeout`` seconds pass; its state then."""
     deadline = time.monotonic() + timeout

@@ -48,7 +48,7 @@ from tunery.webui.forms import (
     validate,
 )
 from tunery.webui.preview import job_status, preview_data, progress_bar, shown_path
-from tunery.webui.runner import Progress, abort_job, job_state, log_tail, read_progress, start_job
+from tunery.webui.runner import Progress, abort_latest, job_state, log_tail, read_progress, start_job
 from tunery.webui.topbar import top_flat
 from tunery.webui.widgets import DEFAULT, Form, Page, field_widget
 
@@ -314,11 +314,8 @@ class TrainActions:
                 gr.Timer(active=True), next_output_dir(data, self.page, output_dir), None)
 
     def abort(self, lang: str) -> str:
-        registry = self.page.registry
-        job = registry.latest(KIND)
-        if job is None or not abort_job(registry, job):
-            return t("train.nothing_to_abort", lang)
-        return t("train.aborting", lang)
+        stopping = abort_latest(self.page.registry, KIND)
+        return t("train.aborting" if stopping else "train.nothing_to_abort", lang)
 
     def redraw(self, lang: str):
         return self.refresh(lang, None)

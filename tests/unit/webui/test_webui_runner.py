@@ -18,6 +18,7 @@ from tunery.train.checkpoint import list_checkpoints
 from tunery.webui.runner import (
     JobRegistry,
     abort_job,
+    abort_latest,
     error_line,
     job_state,
     log_tail,
@@ -74,7 +75,7 @@ def test_abort_stops_the_run_and_keeps_a_checkpoint(tmp_path, model_dir):
     while read_progress(job.output_dir).step < 2 and time.monotonic() < deadline:
         assert job_state(registry, job).running, log_tail(job.log_path)
         time.sleep(0.2)
-    assert abort_job(registry, job)
+    assert abort_latest(registry, job.kind)  # what the Abort buttons call: the newest job of its kind
 
     state = wait_for(registry, job, WAIT_S)
     assert (state.state, state.returncode) == ("aborted", 130)
@@ -83,6 +84,7 @@ def test_abort_stops_the_run_and_keeps_a_checkpoint(tmp_path, model_dir):
     step = int(checkpoints[-1].name.split("-")[-1])
     assert 2 <= step < 100_000
     assert not abort_job(registry, job)  # nothing left to stop
+    assert not abort_latest(registry, job.kind)
 
 
 def test_a_failed_run_shows_its_error_line(tmp_path, model_dir):
@@ -137,3 +139,8 @@ def test_error_line_prefers_tunery_errors_then_tracebacks():
     assert error_line("Traceback (most recent call last):\n  File x\nRuntimeError: out of memory") == \
         "RuntimeError: out of memory"
     assert error_line("all good") == ""
+
+
+
+def test_abort_latest_has_nothing_to_stop_without_a_running_job(tmp_path):
+    assert not abort_latest(JobRegistry(tmp_path / "jobs"), "train")
