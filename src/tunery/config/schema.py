@@ -11,18 +11,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-
-def split_names(value: object) -> object:
-    """Accept ``"a, b"`` as well as ``["a", "b"]`` for list-of-name keys."""
-    if isinstance(value, str):
-        return [part.strip() for part in value.split(",") if part.strip()]
-    return value
-
-
-class Section(BaseModel):
-    """Base of every config section: unknown keys are errors, never ignored."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
+from tunery.config.architecture import ArchitectureArgs
+from tunery.config.methods import MethodArgs
+from tunery.config.quantization import QuantizationArgs
+from tunery.config.rl import RLArgs
+from tunery.config.section import Section, split_names
 
 
 class ModelArgs(Section):
@@ -94,6 +87,9 @@ class DataArgs(Section):
     )
     default_system: str | None = Field(
         None, description="System prompt used when a row has none (default: the template's)."
+    )
+    tool_format: str | None = Field(
+        None, description="Agent tuning: how tools and function calls are written (default: the template's)."
     )
     enable_thinking: bool = Field(
         True,
@@ -341,6 +337,10 @@ SECTIONS: dict[str, type[Section]] = {
     "inference": InferenceArgs,
     "evaluation": EvaluationArgs,
     "export": ExportArgs,
+    "quantization": QuantizationArgs,
+    "methods": MethodArgs,
+    "architecture": ArchitectureArgs,
+    "rl": RLArgs,
 }
 
 
@@ -357,6 +357,10 @@ class RunConfig(BaseModel):
     inference: InferenceArgs = Field(default_factory=InferenceArgs)
     evaluation: EvaluationArgs = Field(default_factory=EvaluationArgs)
     export: ExportArgs = Field(default_factory=ExportArgs)
+    quantization: QuantizationArgs = Field(default_factory=QuantizationArgs)
+    methods: MethodArgs = Field(default_factory=MethodArgs)
+    architecture: ArchitectureArgs = Field(default_factory=ArchitectureArgs)
+    rl: RLArgs = Field(default_factory=RLArgs)
 
     @model_validator(mode="after")
     def check_run(self) -> "RunConfig":

@@ -7,23 +7,16 @@ move from here into ``schema.py``.
 
 PREFERENCE = "BCO and LD-DPO preference variants"
 RL = "PPO / GRPO"
-PRECISION = "quantization and advanced LoRA variants"
+PRECISION = "these optimizers, kernels and multimodal options"
 EXPORT_QUANT = "quantized export (GPTQ)"
 
 _KEYS_BY_FEATURE: dict[str, list[str]] = {
     PREFERENCE: ["pref_bco_weight", "ld_alpha", "ref_model_quantization_bit"],
-    RL: [
-        "reward_model", "reward_model_type", "reward_model_adapters", "reward_model_quantization_bit",
-        "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards",
-    ],
+    RL: ["reward_model_quantization_bit"],
     PRECISION: [
-        "quantization_bit", "quantization_method", "quantization_type", "double_quantization",
-        "quantization_device_map", "use_dora", "use_rslora", "pissa_init", "pissa_iter",
-        "pissa_convert", "loftq_init", "use_galore", "galore_target", "galore_rank",
-        "galore_update_interval", "galore_scale", "galore_proj_type", "galore_layerwise",
-        "use_apollo", "use_badam", "shift_attn", "use_llama_pro", "neftune_noise_alpha",
-        "create_new_adapter", "upcast_layernorm", "upcast_lmhead_output", "use_unsloth",
-        "enable_liger_kernel", "mixture_of_depths", "tool_format", "use_adam_mini",
+        "use_apollo", "use_badam", "create_new_adapter", "upcast_layernorm", "upcast_lmhead_output",
+        "use_unsloth",
+        "enable_liger_kernel", "mixture_of_depths", "use_adam_mini",
         "freeze_vision_tower", "freeze_multi_modal_projector", "image_max_pixels",
         "video_max_pixels", "moe_aux_loss_coef", "use_muon",
     ],

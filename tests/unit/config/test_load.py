@@ -98,7 +98,7 @@ def test_unknown_key_error_names_the_file(lf_yaml):
 @pytest.mark.parametrize(
     ("override", "phrase"),
     [
-        ("quantization_bit=4", "key 'quantization_bit' is not supported yet"),
+        ("use_badam=true", "key 'use_badam' is not supported yet"),
         ("stage=ppo", "stage: ppo is not supported yet"),
         ("deepspeed=ds_z3_config.json", "key 'deepspeed' is not supported yet"),
     ],

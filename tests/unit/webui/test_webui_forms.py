@@ -44,7 +44,8 @@ from tunery.webui.forms import (
 # Values that need a partner key to validate (a cross-field rule), by key.
 PARTNERS = {"eval_strategy": {"val_size": 0.1}}
 # Keys whose values are restricted beyond their kind.
-SAMPLES = {"resume_from_checkpoint": "true", "report_to": "tensorboard", "template": "chatml"}
+SAMPLES = {"resume_from_checkpoint": "true", "report_to": "tensorboard", "template": "chatml",
+           "reward_weights": "1.0, 0.5"}
 
 
 @pytest.fixture(scope="module")
