@@ -15,7 +15,7 @@ from tunery.labels import IGNORE_INDEX
 from tunery.losses.lm import DEFAULT_CHUNK_SIZE, LogitTransform
 
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "cu_seq_lens_q", "cu_seq_lens_k",
-                "max_length_q", "max_length_k")
+                "max_length_q", "max_length_k", "pair_layout")
 
 
 def final_hidden_states(model: torch.nn.Module, batch: dict) -> torch.Tensor:
@@ -34,7 +34,26 @@ def example_ids(batch: dict, rows: int, width: int) -> torch.Tensor:
     return torch.arange(rows).unsqueeze(1).expand(rows, width)
 
 
+def label_positions(batch: dict, hidden: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """(predicting hidden states, target ids, owning example) of every label token.
+
+    A shared-prefix pair batch names them explicitly (``logp_index`` ...); otherwise the
+    state at t predicts the label at t + 1 and the example is found from the boundaries.
+    """
+    if "logp_index" in batch:
+        index, targets, owners = (batch[key].to(hidden.device)
+                                  for key in ("logp_index", "logp_targets", "logp_owners"))
+        return hidden[0, index], targets, owners
+    labels = batch["labels"].to(hidden.device)
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    owners = example_ids(batch, *labels.shape).to(hidden.device)[:, :-1][keep]
+    return hidden[:, :-1][keep], targets[keep], owners
+
+
 def count_examples(batch: dict) -> int:
+    if "example_count" in batch:
+        return int(batch["example_count"])
     if "cu_seq_lens_q" in batch:
         return int(batch["cu_seq_lens_q"].numel() - 1)
     return int(batch["input_ids"].shape[0])
@@ -47,11 +66,8 @@ def example_logps(
     positions whose shifted label is not -100, and the number of those positions (float32)."""
     hidden = final_hidden_states(model, batch)
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    labels = batch["labels"].to(hidden.device)
-    targets = labels[:, 1:]
-    keep = targets != IGNORE_INDEX
-    owners = example_ids(batch, *labels.shape).to(hidden.device)[:, :-1][keep]
-    token_logps = head_token_logps(base.get_output_embeddings(), hidden[:, :-1][keep], targets[keep],
+    predictors, targets, owners = label_positions(batch, hidden)
+    token_logps = head_token_logps(base.get_output_embeddings(), predictors, targets,
                                    LogitTransform.from_config(base.config), chunk_size)
     count = count_examples(batch)
     sums = torch.zeros(count, dtype=torch.float32, device=hidden.device).index_add(0, owners, token_logps)

@@ -55,6 +55,8 @@ def varlen_attention_forward(
             "set flash_attn: eager for this model."
         )
     causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+    if kwargs.get("pair_layout") is not None and attention_mask is None:
+        return shared_prefix_attention(query, key, value, kwargs["pair_layout"], dropout, scaling), None
     segments = find_segments(query, key, attention_mask, kwargs)
     if segments is None or not causal:
         if softcap is not None:
@@ -73,6 +75,38 @@ def varlen_attention_forward(
     # Segments tile each row in order, so concatenating along the sequence rebuilds the rows.
     out = torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)
     return out.transpose(1, 2).contiguous(), None
+
+
+def shared_prefix_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, layout: torch.Tensor,
+    dropout: float, scaling: float | None,
+) -> torch.Tensor:
+    """Attention over ``[prompt | first | second]`` segments (``tunery.data.shared_prefix``).
+
+    ``layout`` holds (prompt, first, second) lengths per segment. Prompt and first answer are
+    one causal sequence; the second answer attends to the prompt and, causally, to itself.
+    Returns ``[1, seq, heads, head_dim]``.
+    """
+    gqa = key.shape[1] != query.shape[1]
+    parts, start = [], 0
+    for prompt, first, second in layout.tolist():
+        lead = slice(start, start + prompt + first)
+        parts.append(F.scaled_dot_product_attention(
+            query[:, :, lead], key[:, :, lead], value[:, :, lead], dropout_p=dropout, scale=scaling,
+            is_causal=True, enable_gqa=gqa))
+        tail = slice(start + prompt + first, start + prompt + first + second)
+        keys = torch.cat([key[:, :, start : start + prompt], key[:, :, tail]], dim=2)
+        values = torch.cat([value[:, :, start : start + prompt], value[:, :, tail]], dim=2)
+        # Bottom-right aligned causal mask: answer token i sees the whole prompt and answer[: i + 1].
+        allowed = torch.ones(second, prompt + second, dtype=torch.bool, device=query.device).tril(prompt)
+        parts.append(F.scaled_dot_product_attention(
+            query[:, :, tail], keys, values, attn_mask=allowed, dropout_p=dropout, scale=scaling,
+            enable_gqa=gqa))
+        start = tail.stop
+    if start != query.shape[2]:
+        raise ModelError(f"pair_layout covers {start} tokens but the row has {query.shape[2]}; "
+                         "build pair batches with tunery.data.shared_prefix.collate_shared_pairs.")
+    return torch.cat(parts, dim=2).transpose(1, 2).contiguous()
 
 
 def attend_one(

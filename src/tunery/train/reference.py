@@ -63,8 +63,8 @@ def reference_logps(stage: Any, loop: Any, rows: Any) -> list[list[float]]:
     with reference_model(loop) as model, loop.accelerator.autocast(), loop.cpu_autocast():
         for start in tqdm(range(0, len(rows), size), desc="Reference log-probs", unit="batch"):
             indices = range(start, min(start + size, len(rows)))
-            batch = loop.to_device(stage.collate([rows[i] for i in indices]))
+            batch = stage.collate([rows[i] for i in indices])
             for piece in stage.split(batch, loop.max_tokens_per_forward):  # the same memory cap as training
-                first, second, _ = stage.pair_logps(model, piece, stage.averaged_logps)
+                first, second, _ = stage.pair_logps(model, loop.to_device(piece), stage.averaged_logps)
                 values.extend([float(a), float(b)] for a, b in zip(first, second, strict=True))
     return values

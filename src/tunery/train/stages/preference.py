@@ -2,8 +2,9 @@
 
 Each row holds two examples that belong together (see ``data.encode``): chosen
 then rejected for DPO, the example then its mismatched KL example for KTO. A
-batch is flattened with per-example attention, so both answers of every pair go
-through the policy in ONE forward pass with no padding.
+batch is flattened with no padding and the prompt the two examples share is
+encoded once (``data.shared_prefix``), so both answers of every pair go through
+the policy in ONE forward pass that computes their prompt a single time.
 
 Reference log-probabilities are computed once per example before the first step
 (``on_train_begin``) and stored with the rows, never recomputed per epoch: with
@@ -17,14 +18,14 @@ which is the number of pairs here), and each step logs ``rewards/chosen``,
 ``logps/chosen`` and ``logps/rejected`` (``eval_`` prefixed for evaluation).
 """
 
-import itertools
 from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from tunery.data.collate import collate_flat, collate_padded, next_fit_cuts, slice_flat
+from tunery.data.collate import collate_padded
+from tunery.data.shared_prefix import collate_shared_pairs, group_by_tokens
 from tunery.losses.example_logps import example_logps
 from tunery.losses.preference import dpo_loss, kto_loss, orpo_loss, simpo_loss
 from tunery.train.stages import STAGES, Stage
@@ -62,12 +63,15 @@ class PairedStage(Stage):
         self.metrics = MetricSums()
 
     def collate(self, rows: Sequence[dict]) -> dict[str, torch.Tensor]:
+        rows = list(rows)
         if self.flat_batches:
-            batch = collate_flat(list(rows))
+            batch = collate_shared_pairs(rows)
+            batch["pair_rows"] = rows  # kept to cut the batch into smaller forward passes
         else:
             pad_id = getattr(self.tokenizer, "pad_token_id", None)
-            batch = collate_padded(list(rows), pad_id if pad_id is not None else 0)
+            batch = collate_padded(rows, pad_id if pad_id is not None else 0)
         batch["pair_count"] = len(rows)
+        batch["example_tokens"] = sum(len(row["input_ids"]) for row in rows)
         if "reference_logps" in rows[0]:
             batch["reference_logps"] = torch.tensor([r["reference_logps"] for r in rows], dtype=torch.float32)
         return batch
@@ -75,18 +79,22 @@ class PairedStage(Stage):
     def count_loss_tokens(self, batch: dict) -> int:
         return int(batch["pair_count"])
 
+    def count_input_tokens(self, batch: dict) -> int:
+        """Tokens of both examples, as if each were run alone (the shared prompt counts twice),
+        so throughput compares with tools that do not share it."""
+        return int(batch["example_tokens"])
+
     def split(self, batch: dict, max_tokens: int) -> list[dict]:
         """Whole pairs per forward pass: a pair's loss needs both of its examples, nothing else."""
-        if max_tokens <= 0 or "cu_seq_lens_q" not in batch or batch["input_ids"].shape[1] <= max_tokens:
+        if "pair_rows" not in batch:
             return [batch]
-        bounds = batch["cu_seq_lens_q"].tolist()
-        pair_bounds = bounds[::2]  # where each pair starts, and the end
-        cuts = next_fit_cuts(pair_bounds, max_tokens)
-        return [self.slice_pairs(batch, pair_bounds, lo, hi) for lo, hi in itertools.pairwise(cuts)]
+        ranges = group_by_tokens(batch["pair_rows"], max_tokens)
+        if len(ranges) == 1:
+            return [batch]
+        return [self.slice_pairs(batch, lo, hi) for lo, hi in ranges]
 
-    def slice_pairs(self, batch: dict, pair_bounds: list[int], lo: int, hi: int) -> dict:
-        piece = slice_flat(batch, batch["cu_seq_lens_q"].tolist(), 2 * lo, 2 * hi)
-        piece["pair_count"] = hi - lo
+    def slice_pairs(self, batch: dict, lo: int, hi: int) -> dict:
+        piece = self.collate(batch["pair_rows"][lo:hi])
         for key in PER_PAIR_KEYS:
             if key in batch:
                 piece[key] = batch[key][lo:hi]

@@ -44,7 +44,9 @@ def value_head(model: torch.nn.Module) -> torch.nn.Linear:
 def last_token_scores(model: torch.nn.Module, batch: dict) -> torch.Tensor:
     """The value head's output at the last token of every example of the batch, float32 ``(E,)``."""
     hidden = final_hidden_states(model, batch)
-    if "cu_seq_lens_q" in batch:
+    if "last_index" in batch:  # a shared-prefix pair batch (tunery.data.shared_prefix)
+        states = hidden[0, batch["last_index"].to(hidden.device)]
+    elif "cu_seq_lens_q" in batch:
         last = batch["cu_seq_lens_q"][1:].to(torch.long).to(hidden.device) - 1
         states = hidden[0, last]
     else:
