@@ -21,3 +21,7 @@ class DataError(TuneryError):
 
 class ModelError(TuneryError):
     """A model or adapter cannot be found or loaded."""
+
+
+class RewardError(TuneryError):
+    """A reward function or reward model failed on a completion (raised, or returned a non-number)."""

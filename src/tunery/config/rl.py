@@ -40,5 +40,12 @@ class RLArgs(Section):
         "grpo", description="GRPO: per-sequence length normalisation (grpo) or a constant one (dr_grpo)."
     )
 
-    _split_lists = field_validator("reward_model_adapters", "reward_funcs", "reward_weights",
-                                   mode="before")(split_names)
+    _split_lists = field_validator("reward_model_adapters", "reward_funcs", mode="before")(split_names)
+
+    @field_validator("reward_weights", mode="before")
+    @classmethod
+    def weights_as_list(cls, value: object) -> object:
+        """``reward_weights: 2`` (one function) as well as ``1.0, 0.5`` or a YAML list."""
+        if isinstance(value, int | float):
+            return [value]
+        return split_names(value)

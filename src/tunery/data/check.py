@@ -29,6 +29,7 @@ class RenderedExample:
     num_tokens: int
     num_learned: int
     segments: list[tuple[str, bool]] = field(default_factory=list)
+    reference: str | None = None  # ppo/grpo prompts: the answer reward functions compare with
 
 
 @dataclass
@@ -45,11 +46,29 @@ class CheckReport:
 def check_data(config: RunConfig, tokenizer, template, num_examples: int = 3) -> CheckReport:
     """Prepare the data as training would and render its first ``num_examples`` examples."""
     prepared = prepare_data(config, tokenizer, template)
+    if is_prompt_rows(prepared.train):  # ppo/grpo: prompts to roll out, nothing is learned from labels
+        prompts = render_prompts(prepared.train, tokenizer, num_examples)
+        return CheckReport(data=prepared.report, examples=prompts)
     examples = render_examples(prepared.train, tokenizer, num_examples)
     nothing_learned = sum(
         all(label == IGNORE_INDEX for label in labels) for _, labels in iter_examples(prepared.train)
     )
     return CheckReport(data=prepared.report, examples=examples, nothing_learned=nothing_learned)
+
+
+def is_prompt_rows(dataset: Dataset | None) -> bool:
+    """Rows of the RL stages: prompt ids and a reference answer, no labels."""
+    return dataset is not None and "reference" in dataset.column_names
+
+
+def render_prompts(dataset: Dataset, tokenizer, limit: int) -> list[RenderedExample]:
+    """The first prompts as they are rolled out (all prompt, nothing learned), with their reference."""
+    rendered = []
+    for row in dataset.select(range(min(limit, len(dataset)))):
+        text = tokenizer.decode(row["input_ids"], skip_special_tokens=False)
+        rendered.append(RenderedExample(num_tokens=len(row["input_ids"]), num_learned=0,
+                                        segments=[(text, False)], reference=row["reference"]))
+    return rendered
 
 
 def iter_examples(dataset: Dataset | None) -> Iterator[tuple[list[int], list[int]]]:
@@ -86,6 +105,11 @@ def render_example(input_ids: list[int], labels: list[int], tokenizer) -> Render
 def iter_json_lines(prepared: PreparedData, split: str = "train") -> Iterator[str]:
     """One JSON object ``{"input_ids", "labels"}`` per encoded example (for ``--json``)."""
     dataset = prepared.train if split == "train" else prepared.eval
+    if is_prompt_rows(dataset):
+        for row in dataset:
+            line = {"input_ids": row["input_ids"], "reference": row["reference"]}
+            yield json.dumps(line, ensure_ascii=False)
+        return
     for input_ids, labels in iter_examples(dataset):
         yield json.dumps({"input_ids": input_ids, "labels": labels})
 
@@ -127,15 +151,20 @@ def format_report(report: CheckReport, color: bool = False) -> str:
         stats = ", ".join(f"{key} {value}" for key, value in data.lengths.items())
         lines.append(f"Tokens per example (before truncation): {stats}")
         verb = "split across rows" if data.stage == "pt" and data.packed else "truncated to fit"
-        lines.append(f"Longer than cutoff_len ({data.cutoff_len}): {data.truncated} examples ({verb})")
+        if data.stage not in ("ppo", "grpo"):  # longer prompts are skipped, and listed as skipped rows
+            lines.append(f"Longer than cutoff_len ({data.cutoff_len}): {data.truncated} examples ({verb})")
     if report.nothing_learned:
         lines.append(paint(RED, f"{report.nothing_learned} examples have no learned tokens and teach nothing "
                                 "(the response was cut off: raise cutoff_len, or check the template)"))
     for number, example in enumerate(report.examples, start=1):
         counts = f"{example.num_tokens} tokens, {example.num_learned} learned"
+        if example.reference is not None:
+            counts = f"{example.num_tokens} prompt tokens"
         lines.append(paint(BOLD, f"Example {number}: {counts}"))
         lines.append(render_segments(example.segments, color))
-    if not color and report.examples:
+        if example.reference is not None:
+            lines.append(paint(BOLD, "Reference answer: ") + (example.reference or "(none)"))
+    if not color and any(example.reference is None for example in report.examples):
         lines.append(f"(learned text is shown between {LEARNED_OPEN} and {LEARNED_CLOSE})")
     return "\n".join(lines)
 

@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 import torch
 
+from tunery.data.encode import conversation_from_json
 from tunery.data.packing import unpack_row
 from tunery.errors import DataError
 from tunery.labels import IGNORE_INDEX
@@ -160,3 +161,37 @@ def collate_padded(rows: Sequence[Row], pad_token_id: int) -> dict:
 def count_label_tokens(batch: Mapping[str, torch.Tensor]) -> int:
     """Tokens that carry a loss (a shifted label other than -100), for normalising accumulated losses."""
     return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def collate_prompts(rows: Sequence[Mapping]) -> dict:
+    """A batch of RL prompt rows (``stage: ppo`` / ``grpo``) as plain lists, for rollouts and rewards.
+
+    Returns ``prompt_ids`` (the rendered prompts, unpadded: generation pads them on the left),
+    ``prompts`` (the text of each prompt's final user turn, what reward functions see as the
+    prompt), ``reference`` (the dataset's answer, "" if none) and ``conversation`` (the prompt
+    turns as JSON text, ``encode.conversation_from_json`` reads it; reward models render it
+    together with a completion). Every key but ``prompt_ids`` and ``prompts`` is a per-row reward
+    column (``reward_columns``).
+    """
+    if not rows:
+        raise DataError("Cannot collate an empty batch; the dataset produced no prompts.")
+    conversations = [row["conversation"] for row in rows]
+    finals = [conversation_from_json(text).messages for text in conversations]
+    return {
+        "prompt_ids": [list(row["input_ids"]) for row in rows],
+        "prompts": [messages[-1].content if messages else "" for messages in finals],
+        "reference": [row.get("reference") or "" for row in rows],
+        "conversation": conversations,
+    }
+
+
+def reward_columns(batch: Mapping) -> dict[str, list]:
+    """The per-row columns of a ``collate_prompts`` batch that reward sources take (``reference``,
+    ``conversation``): everything but the token ids and the prompt texts, which go separately."""
+    return {key: list(values) for key, values in batch.items() if key not in ("prompt_ids", "prompts")}
+
+
+def repeat_prompts(batch: Mapping, times: int) -> dict:
+    """Every per-row list of ``batch`` with each row repeated ``times`` times in a row:
+    [a, b] -> [a, a, b, b] for two samples per prompt (GRPO's groups stay contiguous)."""
+    return {key: [value for value in values for _ in range(times)] for key, values in batch.items()}

@@ -21,7 +21,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from tunery.data.conversation import Conversation
+from tunery.data.conversation import Conversation, Message, Role
 from tunery.data.converters import RowError, to_conversation, to_document
 from tunery.data.registry import DatasetSpec
 from tunery.errors import DataError
@@ -293,5 +293,84 @@ def encode_feedback_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenize
         for key, value in zip(("input_ids", "labels", "seq_lens", "full_len"), row, strict=True):
             out[key].append(value)
         out["kto_tag"].append(tag)
+        out["error"].append(error)
+    return out
+
+
+# ----- RL stages: prompts to roll out (ppo, grpo) --------------------------------------------------------
+#
+# A row is one prompt: ``input_ids`` are the rendered conversation up to and including the
+# assistant header (what the policy continues), ``reference`` the dataset's final answer ("" when
+# the row has none; reward functions compare with it) and ``conversation`` the prompt turns as
+# JSON (reward models render prompt + completion from it with their own template).
+
+NO_ANSWER = "\x00no answer\x00"  # stands in for a missing answer while a row is converted
+
+
+def prompt_only_row(row: dict, spec: DatasetSpec) -> tuple[dict, bool]:
+    """The row with a stand-in answer when it has none (LLaMA-Factory's unsupervised processor
+    gives such rows an empty answer too), and whether it was added."""
+    if spec.formatting == "alpaca":
+        column = spec.column("response")
+        value = row.get(column) if column else None
+        if column and (value is None or (isinstance(value, str) and not value.strip())):
+            return {**row, column: NO_ANSWER}, True
+        return row, False
+    turns = row.get(spec.column("messages") or "")
+    if not isinstance(turns, list) or not all(isinstance(turn, dict) for turn in turns):
+        return row, False  # the converter says what is wrong with it
+    tags = spec.tags
+    spoken = [turn for turn in turns if turn.get(tags["role_tag"]) != tags.get("system_tag")]
+    if len(spoken) % 2 == 0:
+        return row, False
+    stand_in = {tags["role_tag"]: tags["assistant_tag"], tags["content_tag"]: NO_ANSWER}
+    return {**row, spec.column("messages"): [*turns, stand_in]}, True
+
+
+def conversation_to_json(conv: Conversation) -> str:
+    messages = [{"role": message.role.value, "content": message.content} for message in conv.messages]
+    return json.dumps({"system": conv.system, "tools": conv.tools, "messages": messages}, ensure_ascii=False)
+
+
+def conversation_from_json(text: str) -> Conversation:
+    """The inverse of ``conversation_to_json`` (the ``conversation`` column of RL prompt rows)."""
+    data = json.loads(text)
+    messages = [Message(Role(item["role"]), item["content"]) for item in data["messages"]]
+    return Conversation(messages=messages, system=data.get("system", ""), tools=data.get("tools", ""))
+
+
+def encode_rl_prompt(raw: str, spec: DatasetSpec, tokenizer, template,
+                     opts: EncodeOptions) -> tuple[list[int], str, str]:
+    """``(prompt ids, reference answer, prompt conversation as JSON)`` of one raw row.
+
+    A prompt longer than ``cutoff_len`` is refused (the row is skipped and counted): cutting it
+    would drop either the question or the assistant header the policy continues from.
+    """
+    row, stand_in = prompt_only_row(json.loads(raw), spec)
+    conv = to_conversation(row, spec)
+    if not conv.system and opts.default_system:
+        conv.system = opts.default_system
+    prompt, answer = split_response(conv)
+    ids = template.encode_prompt(tokenizer, prompt)
+    if len(ids) > opts.cutoff_len:
+        raise RowError(f"the prompt is {len(ids)} tokens, longer than cutoff_len {opts.cutoff_len} "
+                       "(raise cutoff_len or shorten the prompt)")
+    return ids, "" if stand_in else answer.content, conversation_to_json(prompt)
+
+
+def encode_prompt_batch(batch: dict, *, specs: Sequence[DatasetSpec], tokenizer, template,
+                        opts: EncodeOptions) -> dict:
+    """``datasets.map`` function for ppo/grpo: raw rows -> prompt rows, or an error per bad row."""
+    out: dict[str, list] = {"input_ids": [], "reference": [], "conversation": [], "full_len": [], "error": []}
+    for raw, index, error in zip(batch["raw"], batch["dataset"], batch["error"], strict=True):
+        row = ([], "", "")
+        if not error:
+            try:
+                row = encode_rl_prompt(raw, specs[index], tokenizer, template, opts)
+            except (RowError, DataError) as err:  # DataError: the template cannot render the row
+                error = str(err)
+        for key, value in zip(("input_ids", "reference", "conversation"), row, strict=True):
+            out[key].append(value)
+        out["full_len"].append(len(row[0]))
         out["error"].append(error)
     return out

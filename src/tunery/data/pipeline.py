@@ -4,7 +4,9 @@ Steps: resolve dataset names (``registry``), read rows (``loader``), sample
 (``num_samples`` per dataset, then ``max_samples``), convert and encode in
 parallel batches (``encode``, ``datasets.map`` with
 ``preprocessing_num_workers``), drop and count bad rows, split off ``val_size``,
-then pack (``packing``) or chunk (pt). The result is cached (``cache``) and
+then pack (``packing``) or chunk (pt). For ppo/grpo a row is a prompt (ids up to
+the assistant header), its ``reference`` answer and its ``conversation``
+(``encode.encode_prompt_batch``). The result is cached (``cache``) and
 reused until a file, a relevant config field, the tokenizer or the template
 changes. ``tokenized_path`` (LLaMA-Factory's key): when that folder exists it is
 loaded and everything else is skipped; otherwise the prepared data is also saved
@@ -27,6 +29,7 @@ from tunery.data.encode import (
     chunk_texts,
     encode_feedback_batch,
     encode_pairwise_batch,
+    encode_prompt_batch,
     encode_pt_batch,
     encode_sft_batch,
 )
@@ -36,7 +39,8 @@ from tunery.data.registry import DatasetSpec, resolve_datasets
 from tunery.errors import ConfigError, DataError
 
 MAX_REASONS = 5  # skipped-row reasons kept per dataset
-ENCODERS = {"rm": encode_pairwise_batch, "dpo": encode_pairwise_batch, "kto": encode_feedback_batch}
+ENCODERS = {"rm": encode_pairwise_batch, "dpo": encode_pairwise_batch, "kto": encode_feedback_batch,
+            "ppo": encode_prompt_batch, "grpo": encode_prompt_batch}
 
 
 @dataclass
@@ -122,11 +126,16 @@ def check_options(config: RunConfig, template) -> None:
 
 
 PAIRWISE_STAGES = ("rm", "dpo")
+RL_STAGES = ("ppo", "grpo")  # rows are prompts (+ the reference answer), rolled out by the policy
 
 
 def check_stage(stage: str, specs: list[DatasetSpec]) -> None:
     """A dataset must have the shape its stage learns from: ranking pairs for rm/dpo, tags for kto."""
     for spec in specs:
+        if spec.ranking and stage in RL_STAGES:
+            raise DataError(f"Dataset '{spec.name}' is a ranking dataset (chosen/rejected); stage '{stage}' "
+                            "samples its own answers and needs prompts: use an sft-format dataset (alpaca "
+                            "or sharegpt); its answer, if any, becomes the `reference` for reward functions.")
         if spec.ranking and stage not in PAIRWISE_STAGES:
             raise DataError(f"Dataset '{spec.name}' is a ranking dataset (chosen/rejected) for stages "
                             f"rm/dpo; stage '{stage}' needs a dataset without `ranking`.")
@@ -140,7 +149,7 @@ def check_stage(stage: str, specs: list[DatasetSpec]) -> None:
                             "dataset_info.json.")
 
 
-ROW_COLUMNS = ("input_ids", "labels", "seq_lens", "kto_tag")
+ROW_COLUMNS = ("input_ids", "labels", "seq_lens", "kto_tag", "reference", "conversation")
 
 
 def load_saved(path: Path, source: str) -> PreparedData:

@@ -99,7 +99,6 @@ def test_unknown_key_error_names_the_file(lf_yaml):
     ("override", "phrase"),
     [
         ("use_badam=true", "key 'use_badam' is not supported yet"),
-        ("stage=ppo", "stage: ppo is not supported yet"),
         ("deepspeed=ds_z3_config.json", "key 'deepspeed' is not supported yet"),
     ],
 )
@@ -227,3 +226,8 @@ def test_a_bare_no_is_the_eval_strategy_not_false(tmp_path):
     path.write_text("eval_strategy: no\n")
     assert load_config(path).training.eval_strategy == "no"
     assert load_config(None, ["eval_strategy=no"]).training.eval_strategy == "no"
+
+
+@pytest.mark.parametrize(("value", "weights"), [("2", [2.0]), ("1.0, 0.5", [1.0, 0.5])])
+def test_reward_weights_accept_one_number_or_a_list(value, weights):
+    assert load_config(None, [f"reward_weights={value}"]).rl.reward_weights == weights
