@@ -123,10 +123,10 @@ class DataArgs(Section):
 
 
 class FinetuningArgs(Section):
-    stage: Literal["pt", "sft", "rm", "dpo", "kto"] = Field(
+    stage: Literal["pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"] = Field(
         "sft",
         description="Training stage: pt (pre-training), sft, rm (reward model), dpo (DPO/IPO/ORPO/SimPO "
-        "by pref_loss) or kto.",
+        "by pref_loss), kto, ppo or grpo.",
     )
     finetuning_type: Literal["full", "freeze", "lora"] = Field(
         "lora", description="Which weights train: all (full), the last layers (freeze), or LoRA."
@@ -370,7 +370,7 @@ class RunConfig(BaseModel):
 
     @property
     def packing_enabled(self) -> bool:
-        if self.finetuning.stage in ("rm", "dpo", "kto"):  # a row is already a pair of examples
+        if self.finetuning.stage in ("rm", "dpo", "kto", "ppo", "grpo"):  # pairs, or prompts to roll out
             return False
         if self.data.neat_packing:  # as in LLaMA-Factory, neat packing implies packing
             return True

@@ -68,7 +68,4 @@ COMPATIBLE_DEFAULTS: dict[str, tuple] = {
 }
 
 # (key, value) pairs whose key we support but whose value we do not, yet
-UNSUPPORTED_VALUES: dict[tuple[str, str], str] = {
-    ("stage", "ppo"): RL,
-    ("stage", "grpo"): RL,
-}
+UNSUPPORTED_VALUES: dict[tuple[str, str], str] = {}

@@ -9,7 +9,8 @@ Generation comes in two shapes:
 - ``stream(prompt)`` yields text as the model writes it, from a worker thread;
   closing the stream early (a client that went away) stops the generation.
 - ``generate_batch(prompts)`` runs several prompts through one ``generate``
-  call with left padding, which is how prediction gets its throughput.
+  call with left padding, which is how prediction gets its throughput
+  (``model.generation``, which RL rollouts share).
 
 One lock serialises generations, so concurrent callers (API requests) queue
 instead of interleaving their tokens. ``close()`` releases the weights so an
@@ -31,6 +32,7 @@ from transformers.generation.streamers import BaseStreamer
 from tunery.config import RunConfig
 from tunery.config.schema import GenerationArgs
 from tunery.data.conversation import Conversation, Message
+from tunery.model.generation import cut_at_stop, generate_batch, generate_kwargs
 from tunery.model.load import load_model
 from tunery.train.memory import release_free_memory
 from tunery.train.run import load_tokenizer_and_template
@@ -113,28 +115,22 @@ class ChatEngine:
         threading.Thread(target=self.generate_into, args=(kwargs, stream), daemon=True).start()
         return stream
 
-    @torch.inference_mode()
     def generate_batch(self, prompts: list[list[int]], **overrides) -> list[Reply]:
         """Generate for several prompts at once (left padded); one Reply per prompt, in order."""
         settings = self.settings(overrides)
-        kwargs = self.generate_kwargs(prompts, settings)
-        width = kwargs["input_ids"].shape[1]
         with self.generation_lock:
-            output = self.model.generate(**kwargs)
-        return [
-            self.make_reply(row[width:].tolist(), len(prompt), settings)
-            for row, prompt in zip(output, prompts, strict=True)
-        ]
+            outputs = generate_batch(self.model, prompts, settings, self.stop_ids, self.pad_id)
+        return [self.make_reply(generated, len(prompt), settings)
+                for generated, prompt in zip(outputs, prompts, strict=True)]
 
     def make_reply(self, generated: list[int], prompt_tokens: int, settings: GenerationArgs) -> Reply:
         """Cut generated ids at the first stop token; decode; say why generation ended."""
-        stop_at = next((i for i, token in enumerate(generated) if token in self.stop_ids), None)
-        kept = generated if stop_at is None else generated[:stop_at]
+        kept, stopped = cut_at_stop(generated, self.stop_ids)
         return Reply(
             text=self.decode(kept, settings.skip_special_tokens),
             prompt_tokens=prompt_tokens,
-            completion_tokens=len(kept) + (stop_at is not None),
-            finish_reason="stop" if stop_at is not None else "length",
+            completion_tokens=len(kept) + stopped,
+            finish_reason="stop" if stopped else "length",
         )
 
     def decode(self, ids: list[int], skip_special_tokens: bool) -> str:
@@ -146,32 +142,11 @@ class ChatEngine:
         return GenerationArgs(**merged)
 
     def generate_kwargs(self, prompts: list[list[int]], settings: GenerationArgs) -> dict:
-        input_ids, attention_mask = self.left_pad(prompts)
-        sample = settings.do_sample and settings.temperature > 0
-        kwargs = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "max_new_tokens": settings.max_new_tokens,
-            "do_sample": sample,
-            "num_beams": settings.num_beams,
-            "repetition_penalty": settings.repetition_penalty,
-            "eos_token_id": self.stop_ids,
-            "pad_token_id": self.tokenizer.pad_token_id,
-        }
-        if sample:
-            kwargs |= {"temperature": settings.temperature, "top_p": settings.top_p, "top_k": settings.top_k}
-        else:  # a model's generation_config may default to sampling settings; greedy ignores them
-            kwargs |= {"temperature": None, "top_p": None, "top_k": None}
-        return kwargs
+        return generate_kwargs(prompts, settings, self.stop_ids, self.pad_id, self.model.device)
 
-    def left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Prompts padded on the left, so every row's next token is at the same position."""
-        width = max(len(prompt) for prompt in prompts)
-        pad = self.tokenizer.pad_token_id
-        ids = [[pad] * (width - len(prompt)) + prompt for prompt in prompts]
-        mask = [[0] * (width - len(prompt)) + [1] * len(prompt) for prompt in prompts]
-        device = self.model.device
-        return torch.tensor(ids, device=device), torch.tensor(mask, device=device)
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.pad_token_id
 
     @torch.inference_mode()
     def generate_into(self, kwargs: dict, stream: "TextStream") -> None:

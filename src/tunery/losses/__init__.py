@@ -9,6 +9,6 @@ from tunery.registry import Registry
 
 LOSSES: Registry = Registry("loss")
 
-from tunery.losses import lm, preference  # noqa: E402  (they register after LOSSES exists)
+from tunery.losses import lm, preference, rl  # noqa: E402  (they register after LOSSES exists)
 
-__all__ = ["LOSSES", "lm", "preference"]
+__all__ = ["LOSSES", "lm", "preference", "rl"]

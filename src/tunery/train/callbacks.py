@@ -18,6 +18,7 @@ from tunery.errors import ConfigError
 from tunery.fileio import write_text_atomic
 
 LOG_FILE = "trainer_log.jsonl"
+POSTFIX_KEYS = ("reward/mean", "kl")  # logged values the progress bar shows besides the loss
 
 
 def format_duration(seconds: float) -> str:
@@ -113,10 +114,12 @@ class Reporter:
         self.bar = tqdm(total=total_steps, initial=start_step, disable=not enabled, desc="train",
                         dynamic_ncols=True)
 
-    def advance(self, loss: float | None = None) -> None:
+    def advance(self, loss: float | None = None, values: dict[str, Any] | None = None) -> None:
+        """One step done; ``values`` (the step's log entry) adds RL stages' reward and KL to the bar."""
         self.bar.update(1)
         if loss is not None:
-            self.bar.set_postfix(loss=f"{loss:.4f}", refresh=False)
+            shown = {key: f"{values[key]:.4g}" for key in POSTFIX_KEYS if key in (values or {})}
+            self.bar.set_postfix(loss=f"{loss:.4f}", **shown, refresh=False)
 
     def write(self, entry: dict[str, Any]) -> None:
         if not self.enabled:

@@ -108,7 +108,8 @@ def fingerprint_rows(rows: Any) -> str:
     if rows is None or len(rows) == 0:
         return ""
     picks = [rows[index] for index in sorted({0, len(rows) // 2, len(rows) - 1})]
-    text = json.dumps([[list(row["input_ids"]), list(row["labels"])] for row in picks])
+    # RL prompt rows have no labels: their prompt ids identify them
+    text = json.dumps([[list(row["input_ids"]), list(row.get("labels") or [])] for row in picks])
     return hashlib.sha1(f"{len(rows)}:{text}".encode()).hexdigest()
 
 
@@ -129,7 +130,7 @@ class TrainLoop:
         self.plan = BatchPlan(
             num_rows=len(train_data) if train_data is not None else 0,
             batch_size=self.args.per_device_train_batch_size, num_processes=acc.num_processes,
-            process_index=acc.process_index, grad_accum=self.args.gradient_accumulation_steps,
+            process_index=acc.process_index, grad_accum=stage.micro_batches_per_step(self.args),
             seed=self.args.seed,
         )
         self.state = TrainState(
@@ -254,22 +255,28 @@ class TrainLoop:
 
     # ------------------------------------------------------------------- steps
     def optimizer_step(self, window: list[tuple[dict, MicroBatch]]) -> None:
-        """One optimizer step: accumulate the window's gradients, clip, step, count."""
+        """One training step: accumulate the window's gradients, clip, step, count.
+
+        RL stages turn the window of prompts into experience first (``Stage.make_updates``),
+        possibly as several optimizer updates (PPO's epochs over a rollout buffer); the
+        learning-rate schedule still advances once per step.
+        """
         acc, state = self.accelerator, self.state
-        loss_tokens, input_tokens, samples, step_loss = self.accumulate(window)
-        if self.args.max_grad_norm > 0:
-            self.last_grad_norm = acc.clip_grad_norm_(self.module.parameters(), self.args.max_grad_norm)
-        self.optimizer.step()
+        for update in self.stage.make_updates(self, window):
+            loss_tokens, input_tokens, samples, step_loss = self.accumulate(update)
+            if self.args.max_grad_norm > 0:
+                self.last_grad_norm = acc.clip_grad_norm_(self.module.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            self.pending_loss += step_loss
+            state.pending_tokens += loss_tokens
+            state.samples_seen += samples
+            state.input_tokens_seen += input_tokens
+            self.session["samples"] += samples
+            self.session["tokens"] += input_tokens
         if not acc.optimizer_step_was_skipped:
             self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.pending_loss += step_loss
         state.global_step += 1
-        state.pending_tokens += loss_tokens
-        state.samples_seen += samples
-        state.input_tokens_seen += input_tokens
-        self.session["samples"] += samples
-        self.session["tokens"] += input_tokens
         self.stage.on_step_end(self)
 
     def accumulate(self, window: list[tuple[dict, MicroBatch]]) -> tuple[int, int, int, torch.Tensor]:
@@ -306,9 +313,10 @@ class TrainLoop:
         args, state = self.args, self.state
         step, last = state.global_step, state.global_step >= state.total_steps
         loss = self.flush_loss() if step % args.logging_steps == 0 or last else None
-        reporter.advance(loss)
-        if loss is not None:
-            reporter.write(self.log_entry({"loss": loss, **self.step_extras()}))
+        values = {"loss": loss, **self.step_extras()} if loss is not None else None
+        reporter.advance(loss, values)
+        if values is not None:
+            reporter.write(self.log_entry(values))
         eval_every = args.eval_steps or args.logging_steps  # transformers' default
         epoch_end = step % state.steps_per_epoch == 0
         if self.eval_data is not None and (

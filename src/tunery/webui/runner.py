@@ -89,6 +89,7 @@ class Progress:
     epoch: float | None = None
     losses: list[tuple[int, float]] = field(default_factory=list)
     eval_losses: list[tuple[int, float]] = field(default_factory=list)
+    rewards: list[tuple[int, float]] = field(default_factory=list)  # reward/mean of the RL stages
 
 
 # ----- the registry -------------------------------------------------------------------------------
@@ -249,6 +250,8 @@ def read_progress(output_dir: str | Path) -> Progress:
             progress.losses.append((step, float(entry["loss"])))
         if "eval_loss" in entry:
             progress.eval_losses.append((step, float(entry["eval_loss"])))
+        if "reward/mean" in entry:
+            progress.rewards.append((step, float(entry["reward/mean"])))
         progress.step, progress.total = step, int(entry.get("total_steps", progress.total))
         progress.percentage = float(entry.get("percentage", progress.percentage))
         progress.elapsed = entry.get("elapsed_time", progress.elapsed)

@@ -191,18 +191,23 @@ def curve_colours() -> dict[str, str]:
     for lang in LANGUAGES:
         colours[t("train.curve_raw", lang)] = "#9ecae1"
         colours[t("train.curve_smoothed", lang)] = "#1f77b4"
+        colours[t("train.curve_reward", lang)] = "#ff7f0e"
     return colours
 
 
 def loss_frame(progress: Progress, lang: str) -> pd.DataFrame | None:
-    """The loss curve as a long table: one row per logged step, raw and smoothed (None before any)."""
+    """The loss curve as a long table: one row per logged step, raw and smoothed (None before any);
+    PPO and GRPO runs add their mean reward as a third curve."""
     if not progress.losses:
         return None
     steps = [step for step, _ in progress.losses]
     losses = [loss for _, loss in progress.losses]
     raw, smoothed = t("train.curve_raw", lang), t("train.curve_smoothed", lang)
-    return pd.DataFrame({"step": steps * 2, "loss": losses + smooth(losses),
-                         "curve": [raw] * len(steps) + [smoothed] * len(steps)})
+    reward_steps = [step for step, _ in progress.rewards]
+    rewards = [reward for _, reward in progress.rewards]
+    return pd.DataFrame({"step": steps * 2 + reward_steps, "loss": losses + smooth(losses) + rewards,
+                         "curve": [raw] * len(steps) + [smoothed] * len(steps)
+                         + [t("train.curve_reward", lang)] * len(reward_steps)})
 
 
 class TrainActions:

@@ -10,9 +10,9 @@ from tunery.train.stages import STAGES, get_stage
 
 def test_every_stage_is_registered_and_misses_list_them(tmp_path):
     config = make_config(tmp_path)
-    for name in ("pt", "sft", "rm", "dpo", "kto"):
+    for name in ("pt", "sft", "rm", "dpo", "kto", "ppo", "grpo"):
         assert get_stage(name, config).name == name
-    with pytest.raises(TuneryError, match=r"Did you mean 'sft'.*Known: dpo, kto, pt, rm, sft"):
+    with pytest.raises(TuneryError, match=r"Did you mean 'sft'.*Known: dpo, grpo, kto, ppo, pt, rm, sft"):
         STAGES.get("sfft")
 
 

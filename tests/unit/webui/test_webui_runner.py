@@ -144,3 +144,17 @@ def test_error_line_prefers_tunery_errors_then_tracebacks():
 
 def test_abort_latest_has_nothing_to_stop_without_a_running_job(tmp_path):
     assert not abort_latest(JobRegistry(tmp_path / "jobs"), "train")
+
+
+def test_the_curve_adds_the_mean_reward_of_rl_runs(tmp_path):
+    from tunery.webui import t
+    from tunery.webui.train_tab import loss_frame
+
+    entries = [{"current_steps": step, "total_steps": 2, "loss": 0.01 * step, "reward/mean": step / 4}
+               for step in (1, 2)]
+    (tmp_path / "trainer_log.jsonl").write_text("".join(json.dumps(entry) + "\n" for entry in entries))
+    progress = read_progress(tmp_path)
+    assert progress.rewards == [(1, 0.25), (2, 0.5)]
+    frame = loss_frame(progress, "en")
+    rewards = frame[frame["curve"] == t("train.curve_reward", "en")]
+    assert rewards["step"].tolist() == [1, 2] and rewards["loss"].tolist() == [0.25, 0.5]

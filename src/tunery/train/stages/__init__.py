@@ -1,4 +1,4 @@
-"""Training stages: what differs between pt, sft, rm, dpo, kto (and later ppo, grpo).
+"""Training stages: what differs between pt, sft, rm, dpo, kto, ppo and grpo.
 
 The loop (``train.loop``) is the same for every stage. A stage supplies only
 how a list of rows becomes a batch (``collate``) and how a batch becomes a
@@ -86,6 +86,19 @@ class Stage(ABC):
     def before_evaluate(self, loop: Any) -> None:  # noqa: B027  (optional hook, empty by design)
         """Called before each evaluation (e.g. to give held-out rows their reference values)."""
 
+    # Hooks of the RL stages (ppo, grpo), which train on experience they generate.
+    def micro_batches_per_step(self, args: Any) -> int:
+        """Micro-batches of rows each training step consumes (PPO: a buffer of several updates)."""
+        return args.gradient_accumulation_steps
+
+    def make_updates(self, loop: Any, window: list) -> list[list]:
+        """The optimizer updates of one step, each a list of (batch, MicroBatch) to accumulate.
+
+        Default: the window itself, one update. RL stages roll out the window's prompts
+        and return experience micro-batches (PPO: ``ppo_epochs`` passes over them).
+        """
+        return [window]
+
 
 STAGES: Registry[type[Stage]] = Registry("stage")
 
@@ -96,6 +109,6 @@ def get_stage(name: str, config: "RunConfig", tokenizer: Any = None) -> Stage:
 
 
 # Importing the modules registers the built-in stages.
-from tunery.train.stages import preference, pt, rm, sft  # noqa: E402
+from tunery.train.stages import grpo, ppo, preference, pt, rm, sft  # noqa: E402  (rl: their base)
 
-__all__ = ["IGNORE_INDEX", "STAGES", "Stage", "get_stage", "preference", "pt", "rm", "sft"]
+__all__ = ["IGNORE_INDEX", "STAGES", "Stage", "get_stage", "grpo", "ppo", "preference", "pt", "rm", "sft"]
