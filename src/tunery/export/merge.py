@@ -9,6 +9,8 @@ LLaMA-Factory does), which needs no more memory than the model itself.
 A base that is already quantized (bitsandbytes, GPTQ, AWQ: a ``quantization_config``
 in its config.json) is refused: merging a float adapter into integer weights
 either fails or silently loses the adapter, so merge into the full-precision base.
+So is a config with ``quantization_bit`` (a QLoRA training config): the export must
+name the full-precision base without it.
 """
 
 import json
@@ -21,7 +23,7 @@ from huggingface_hub import split_torch_state_dict_into_shards
 from tunery.config.schema import RunConfig
 from tunery.data.templates import AutoTemplate
 from tunery.data.templates.jinja import build_chat_template
-from tunery.errors import ModelError
+from tunery.errors import ConfigError, ModelError
 from tunery.model.load import load_model, resolve_model
 from tunery.model.save import as_dtype
 
@@ -33,6 +35,14 @@ LEGACY_INDEX = "pytorch_model.bin.index.json"
 
 def check_not_quantized(config: RunConfig) -> None:
     """Refuse a quantized base before anything slow happens."""
+    bits = config.quantization.quantization_bit
+    if bits is not None:  # a QLoRA training config reused for export
+        raise ConfigError(
+            f"quantization_bit: {bits} asks to merge into a {bits}-bit quantized base, which would round "
+            "the adapter away. Remove quantization_bit (e.g. `quantization_bit=null` on the command line): "
+            "the export then merges the QLoRA adapter into the full-precision base it was trained from; "
+            "add export_gguf: q8_0 for a small file."
+        )
     source = resolve_model(config.model.model_name_or_path).path
     declared = read_config_json(source)
     quantization = declared.get("quantization_config")

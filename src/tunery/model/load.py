@@ -4,7 +4,8 @@
 caching GGUF files, see ``tunery.model.gguf``). ``load_model`` then picks the
 dtype for the device, the attention kernel, RoPE scaling and vocabulary size,
 and, for inference, merges the configured adapters. Training-time setup of
-trainable parameters lives in ``tunery.model.adapters.apply_finetuning``.
+trainable parameters lives in ``tunery.model.adapters.apply_finetuning``; a quantized
+base (``quantization_bit``, or a folder already quantized) in ``tunery.model.quantization``.
 """
 
 import importlib.util
@@ -22,6 +23,7 @@ from tunery.model.adapters import apply_finetuning, embedding_module_names
 from tunery.model.aliases import ModelAlias, describe_missing, find_alias, models_cache_root
 from tunery.model.gguf import cache_dir_for_file, ensure_converted
 from tunery.model.patches import apply_training_patches
+from tunery.model.quantization import attach_adapters_unmerged, finish_quantization, plan_quantization
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +125,9 @@ def load_model(
         "attn_implementation": choose_attention(args.flash_attn, attn_implementation),
         "trust_remote_code": args.trust_remote_code,
     }
+    # QLoRA: quantize on load (bitsandbytes, HQQ) or load a pre-quantized folder (tunery.model.quantization)
+    quantization = plan_quantization(config, hf_config, dtype, for_training)
+    kwargs.update(quantization.load_kwargs if quantization else {})
     try:
         if args.train_from_scratch:
             model = AutoModelForCausalLM.from_config(hf_config, **kwargs)
@@ -130,13 +135,18 @@ def load_model(
             model = AutoModelForCausalLM.from_pretrained(str(source.path), config=hf_config, **kwargs)
     except (OSError, ValueError, KeyError, ImportError) as err:
         raise ModelError(explain_load_error(args, "weights", err)) from None
+    if quantization:
+        model = finish_quantization(model, quantization, on_gpu(config.training), for_training)
     if resize_embeddings(model, tokenizer) and for_training:
         train_resized_embeddings(model, config)
     if for_training:
         prepare_for_training(model)
         return model
-    model = apply_finetuning(model, config.finetuning, args.adapter_name_or_path, for_training=False)
-    if on_gpu(config.training):
+    if quantization:  # quantized weights cannot be merged into; quantizers place the model themselves
+        model = attach_adapters_unmerged(model, args.adapter_name_or_path or [])
+    else:
+        model = apply_finetuning(model, config.finetuning, args.adapter_name_or_path, for_training=False)
+    if on_gpu(config.training) and not quantization:
         model.to("cuda")  # training placement is accelerate's job; inference has no one else to do it
     model.eval()
     return model
@@ -191,34 +201,53 @@ def choose_attention(flash_attn: str, override: str | None = None) -> str | None
 def apply_rope_scaling(
     hf_config: PretrainedConfig, args: ModelArgs, cutoff_len: int, for_training: bool
 ) -> None:
-    """Stretch RoPE as LLaMA-Factory does: factor = ceil(cutoff_len / max positions) when training."""
+    """Stretch RoPE as LLaMA-Factory does, in the ``rope_parameters`` form transformers 5 reads.
+
+    Training: factor = ceil(cutoff_len / the model's max positions), only when cutoff_len
+    exceeds them (else a warning and no change). Inference: the same factor when cutoff_len
+    exceeds the positions (so the training YAML gives its adapter the RoPE it was trained
+    with), else 2 (LLaMA-Factory's choice); nothing when the checkpoint already carries this
+    scaling (saved by a full run with it). The model's ``rope_theta`` is kept.
+    """
     kind = args.rope_scaling
     if kind is None:
         return
     rope = getattr(hf_config, "rope_parameters", None)
     current = getattr(hf_config, "max_position_embeddings", None)
-    if not isinstance(rope, dict) or "rope_type" not in rope:
+    if not isinstance(rope, dict) or "rope_type" not in rope or not current:
         logger.warning("This model does not expose RoPE parameters; ignoring rope_scaling=%s.", kind)
         return
-    if for_training:
-        if not current or cutoff_len <= current:
-            logger.warning(
-                "cutoff_len %s fits in the model's %s positions; rope_scaling is not needed.",
-                cutoff_len, current,
-            )
-            return
-        factor = float(math.ceil(cutoff_len / current))
-        hf_config.max_position_embeddings = cutoff_len
-    else:
-        factor = 2.0
-    params = {**rope, "rope_type": kind, "factor": factor}
-    if kind in ("dynamic", "yarn", "llama3") and current:
-        params["original_max_position_embeddings"] = current
-    if kind == "llama3":
-        params.setdefault("low_freq_factor", 1.0)
-        params.setdefault("high_freq_factor", 4.0)
-    hf_config.rope_parameters = params
-    logger.info("RoPE scaling: %s with factor %s.", kind, factor)
+    if rope["rope_type"] == kind and not for_training:
+        return  # saved by a run that already scaled it: scaling again would stretch twice
+    if for_training and cutoff_len <= current:
+        logger.warning(
+            "cutoff_len %s fits in the model's %s positions; rope_scaling is not needed.", cutoff_len, current
+        )
+        return
+    if for_training and kind == "dynamic":
+        logger.warning("Dynamic NTK scaling may not work well with fine-tuning (LLaMA-Factory's advice).")
+    factor = float(math.ceil(cutoff_len / current)) if cutoff_len > current else 2.0
+    if rope["rope_type"] != "default":
+        logger.warning("Replacing the model's own %s RoPE scaling with %s.", rope["rope_type"], kind)
+    hf_config.rope_parameters = rope_parameters(kind, factor, rope, current)
+    if kind != "dynamic":
+        # dynamic NTK reads max_position_embeddings as the trained length it scales beyond;
+        # the others (yarn and llama3 check it) expect the stretched length here.
+        hf_config.max_position_embeddings = int(current * factor)
+    logger.info("RoPE scaling: %s with factor %s (the model had %s positions).", kind, factor, current)
+
+
+def rope_parameters(kind: str, factor: float, rope: dict, original_length: int) -> dict:
+    """transformers 5 ``rope_parameters`` for ``kind``: the keys each RoPE type requires, no others."""
+    params = {"rope_type": kind, "rope_theta": rope["rope_theta"], "factor": factor}
+    if "partial_rotary_factor" in rope:
+        params["partial_rotary_factor"] = rope["partial_rotary_factor"]
+    if kind in ("yarn", "llama3"):
+        params["original_max_position_embeddings"] = original_length
+    if kind == "llama3":  # Llama 3.1's values, as LLaMA-Factory sets them
+        params["low_freq_factor"] = 1.0
+        params["high_freq_factor"] = 4.0
+    return params
 
 
 def resize_embeddings(model: torch.nn.Module, tokenizer) -> bool:

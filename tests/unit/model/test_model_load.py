@@ -138,24 +138,7 @@ def test_remote_code_needs_trust_remote_code(run_config, tokenizer, model_dir):
     assert type(model).__name__ == "TinyRemoteForCausalLM"
 
 
-@pytest.mark.parametrize("kind", ["linear", "dynamic", "yarn", "llama3"])
-def test_rope_scaling_factor_from_cutoff_len(run_config, tokenizer, kind):
-    config = run_config(model={"rope_scaling": kind}, data={"cutoff_len": 300})
-    model = load_model(config, tokenizer, for_training=True)
-    rope = model.config.rope_parameters
-    assert rope["rope_type"] == kind and rope["factor"] == 3.0  # ceil(300 / 128)
-    assert model.config.max_position_embeddings == 300
-    assert rope["rope_theta"] == 10000.0  # the model's own base frequency is kept
-    assert model.model.rotary_emb.rope_type == kind  # the rotary layer really uses it
-    ids = torch.randint(3, 64, (1, 300))
-    assert torch.isfinite(model(input_ids=ids, labels=ids).loss)
-
-
-def test_rope_scaling_skipped_when_cutoff_fits_and_doubled_for_inference(run_config, tokenizer):
-    config = run_config(model={"rope_scaling": "linear"}, data={"cutoff_len": 100})
-    assert load_model(config, tokenizer, for_training=True).config.rope_parameters["rope_type"] == "default"
-    rope = load_model(config, tokenizer, for_training=False).config.rope_parameters
-    assert rope["rope_type"] == "linear" and rope["factor"] == 2.0
+# RoPE scaling: tests/unit/model/test_rope_scaling.py
 
 
 def test_train_from_scratch_ignores_the_weights(run_config, tokenizer, model_dir):
