@@ -8,6 +8,15 @@ saved with the adapter; trainable parameters are kept in fp32 even when frozen
 ones are half precision. Frozen parameters have ``requires_grad=False`` so no
 gradient is ever computed or stored for them.
 
+LoRA variants come from the run's ``methods`` / ``quantization`` sections and map
+onto PEFT's ``LoraConfig``: DoRA (``use_dora``, a trained magnitude vector per
+output row), rsLoRA (``use_rslora``, scaling alpha/sqrt(r)), PiSSA (``pissa_init``:
+A and B from the top singular vectors of W, the rest of W stays as the base; with
+``pissa_convert`` the initial adapter is remembered so ``model.save`` can write
+a plain LoRA adapter for the original base) and LoftQ (``loftq_bits``, see
+``model.loftq``). NEFTune (``neftune_noise_alpha``) installs its embedding-noise
+hook here too, for every finetuning type.
+
 ``build_param_groups`` makes the optimizer groups: no weight decay on biases
 and norm weights, and LoRA+ (B matrices learn ``loraplus_lr_ratio`` times faster).
 """
@@ -18,9 +27,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model
+from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model_state_dict
 
-from tunery.config.schema import FinetuningArgs
+from tunery.config.schema import FinetuningArgs, RunConfig
 from tunery.errors import ConfigError, ModelError
 
 logger = logging.getLogger(__name__)
@@ -32,14 +41,24 @@ NON_TEXT_MODULES = ("vision_tower", "visual", "vision_model", "multi_modal_proje
 
 LORAPLUS_EMBEDDING_LR = 1e-6  # LLaMA-Factory's default loraplus_lr_embedding
 
+# A PiSSA model trained with pissa_convert keeps its initial adapter (the saved-format state dict)
+# under this attribute; model.save reads it to convert the trained adapter to plain LoRA.
+PISSA_INITIAL_STATE = "tunery_pissa_initial_state"
+
 
 def apply_finetuning(
     model: torch.nn.Module,
     finetuning_args: FinetuningArgs,
     adapter_name_or_path: Sequence[str] | None = None,
     for_training: bool = True,
+    run_config: RunConfig | None = None,
 ) -> torch.nn.Module:
-    """Set up the trainable parameters (or merge adapters for inference); returns the model to use."""
+    """Set up the trainable parameters (or merge adapters for inference); returns the model to use.
+
+    ``run_config`` supplies the method sections (DoRA, PiSSA, LoftQ, NEFTune, ...); without it
+    their defaults apply (plain LoRA, no noise).
+    """
+    run_config = run_config or RunConfig()
     adapters = [str(p) for p in adapter_name_or_path or []]
     for path in adapters:
         check_adapter_dir(path)
@@ -51,13 +70,22 @@ def apply_finetuning(
             f"adapter_name_or_path needs `finetuning_type: lora` (got {kind}); "
             "merge the adapter first with `tunery export` to train it in full."
         )
-    if kind == "full":
+    check_lora_variants(kind, run_config)
+    if run_config.architecture.use_llama_pro:  # LLaMA Pro: only the blocks `tunery expand` added train
+        from tunery.model.llama_pro import setup_llama_pro
+
+        model = setup_llama_pro(model, finetuning_args, adapters, run_config)
+    elif kind == "full":
         model.requires_grad_(True)
     elif kind == "freeze":
         setup_freeze(model, finetuning_args)
     else:
-        model = setup_lora(model, finetuning_args, adapters)
+        model = setup_lora(model, finetuning_args, adapters, run_config)
     upcast_trainable(model)
+    if run_config.methods.neftune_noise_alpha:
+        from tunery.model.neftune import enable_neftune
+
+        enable_neftune(model, run_config.methods.neftune_noise_alpha)
     log_trainable(model)
     return model
 
@@ -122,24 +150,40 @@ def setup_freeze(model: torch.nn.Module, args: FinetuningArgs) -> None:
     n = args.freeze_trainable_layers
     layer_ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
     hidden, other = module_names_by_kind(model)
-    patterns = []
-    for module in args.freeze_trainable_modules:
-        if module != "all" and module not in hidden:
+    modules = set(args.freeze_trainable_modules)
+    for module in modules - {"all"}:
+        if module not in hidden:
             raise ConfigError(
                 f"freeze_trainable_modules: '{module}' is not a module of this model's layers; "
                 f"choose from {', '.join(sorted(hidden))} or `all`."
             )
-        patterns.extend(f".{idx}.{'' if module == 'all' else module}" for idx in layer_ids)
-    for module in args.freeze_extra_modules or []:
-        if module not in other:
-            raise ConfigError(
-                f"freeze_extra_modules: '{module}' is not a module outside the layers; "
-                f"choose from {', '.join(sorted(other))}."
-            )
-        patterns.append(module)
+    extra = set(args.freeze_extra_modules or [])
+    unknown = sorted(extra - other)
+    if unknown:
+        raise ConfigError(
+            f"freeze_extra_modules: '{unknown[0]}' is not a module outside the layers; "
+            f"choose from {', '.join(sorted(other))}."
+        )
+    layers = {str(idx) for idx in layer_ids}
     for name, param in model.named_parameters():
-        param.requires_grad_(any(pattern in name for pattern in patterns))
-    logger.info("Freeze tuning trains: %s", ", ".join(patterns))
+        param.requires_grad_(is_freeze_trainable(name, layers, modules, extra))
+    logger.info(
+        "Freeze tuning trains layers %s (%s)%s", ", ".join(sorted(layers, key=int)),
+        ", ".join(sorted(modules)), f" and {', '.join(sorted(extra))}" if extra else "",
+    )
+
+
+def is_freeze_trainable(name: str, layers: set[str], modules: set[str], extra: set[str]) -> bool:
+    """Whether parameter ``name`` trains: in a chosen layer and module, or in an extra module.
+
+    The first number in a name is its layer (``model.layers.3.mlp...``); later numbers (MoE
+    experts) are not. Extra modules match a whole name part outside the layers, so `norm`
+    means the final norm, never every layer's ``input_layernorm``.
+    """
+    found = re.search(r"\.(\d+)\.([^.]+)", name)
+    if found is None:
+        return bool(extra & set(name.split(".")[:-1]))
+    return found.group(1) in layers and ("all" in modules or found.group(2) in modules)
 
 
 # ---------------------------------------------------------------- LoRA
@@ -179,8 +223,13 @@ def embedding_module_names(model: torch.nn.Module) -> list[str]:
     return sorted(found)
 
 
-def setup_lora(model: torch.nn.Module, args: FinetuningArgs, adapters: list[str]) -> torch.nn.Module:
-    """New LoRA weights, or LLaMA-Factory's resume: merge all adapters but the last, train the last."""
+def setup_lora(
+    model: torch.nn.Module, args: FinetuningArgs, adapters: list[str], run_config: RunConfig
+) -> torch.nn.Module:
+    """New LoRA weights, or LLaMA-Factory's resume: merge all adapters but the last, train the last.
+
+    A resumed adapter keeps the variant it was trained with (its adapter_config.json says so).
+    """
     for path in adapters[:-1]:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     if adapters:
@@ -194,9 +243,10 @@ def setup_lora(model: torch.nn.Module, args: FinetuningArgs, adapters: list[str]
         lora_dropout=args.lora_dropout,
         target_modules=targets,
         modules_to_save=args.additional_target,
+        **lora_variant_options(run_config),
     )
     try:
-        return get_peft_model(model, lora_config)
+        model = get_peft_model(model, lora_config)
     except ValueError as err:
         if "not found" not in str(err) and "Target modules" not in str(err):
             raise
@@ -205,6 +255,56 @@ def setup_lora(model: torch.nn.Module, args: FinetuningArgs, adapters: list[str]
             f"lora_target/additional_target name modules this model does not have "
             f"({', '.join(args.lora_target)}); linear layers here: {available}."
         ) from None
+    initialise_lora_variant(model, run_config)
+    return model
+
+
+# ---------------------------------------------------------------- LoRA variants
+
+
+def check_lora_variants(finetuning_type: str, run_config: RunConfig) -> None:
+    """Reject variant combinations that cannot mean what the user asked for."""
+    methods, loftq_bits = run_config.methods, run_config.quantization.loftq_bits
+    chosen = [key for key, on in (("use_dora", methods.use_dora), ("use_rslora", methods.use_rslora),
+                                  ("pissa_init", methods.pissa_init), ("loftq_bits", loftq_bits))
+              if on]
+    if chosen and finetuning_type != "lora":
+        raise ConfigError(f"{', '.join(chosen)} are LoRA variants: set `finetuning_type: lora`.")
+    if methods.pissa_convert and not methods.pissa_init:
+        raise ConfigError("pissa_convert converts a PiSSA adapter: set `pissa_init: true` as well.")
+    if methods.pissa_init and loftq_bits:
+        raise ConfigError("pissa_init and loftq_bits both initialise LoRA; choose one of them.")
+    if loftq_bits:
+        from tunery.model.loftq import check_loftq_available
+
+        check_loftq_available(loftq_bits)
+        if run_config.quantization.quantization_bit is not None:
+            raise ConfigError(
+                "LoftQ starts from the full-precision base and quantizes it itself: remove quantization_bit "
+                "for training, and load the base with quantization_bit = loftq_bits for chat/export."
+            )
+
+
+def lora_variant_options(run_config: RunConfig) -> dict:
+    """The LoraConfig keywords of the configured variant (DoRA, rsLoRA, PiSSA initialisation)."""
+    methods = run_config.methods
+    options: dict = {"use_dora": methods.use_dora, "use_rslora": methods.use_rslora}
+    if methods.pissa_init:
+        # PEFT: "pissa" is the exact SVD, "pissa_niter_N" a fast randomised SVD with N iterations
+        niter = methods.pissa_iter
+        options["init_lora_weights"] = "pissa" if niter == -1 else f"pissa_niter_{niter}"
+    return options
+
+
+def initialise_lora_variant(model: PeftModel, run_config: RunConfig) -> None:
+    """Steps after PEFT built the adapter: LoftQ initialisation, remembering PiSSA's initial adapter."""
+    if run_config.quantization.loftq_bits:
+        from tunery.model.loftq import apply_loftq
+
+        apply_loftq(model, run_config.quantization.loftq_bits, run_config.quantization.loftq_iter)
+    if run_config.methods.pissa_convert:
+        initial = get_peft_model_state_dict(model)
+        setattr(model, PISSA_INITIAL_STATE, {key: value.detach().clone() for key, value in initial.items()})
 
 
 # ---------------------------------------------------------------- optimizer groups

@@ -7,6 +7,12 @@ keeps trainable weights in fp32, the saved copy should not double in size). The
 tokenizer is saved alongside. Everything is first written to a temporary folder
 inside ``output_dir``, then each file is moved into place with an atomic rename,
 configs last, so a reader never sees a config whose weights are missing.
+
+A PiSSA adapter trained with ``pissa_convert`` is saved converted to plain LoRA
+(PEFT's ``path_initial_model_for_weight_conversion``): PiSSA trains on a residual
+base ``W - B0 A0``, and ``B A - B0 A0`` (rank 2r) is the same update expressed
+against the original ``W``, so chat and export on the untouched base reproduce
+the tuned model.
 """
 
 import json
@@ -20,8 +26,10 @@ from pathlib import Path
 import torch
 from accelerate.utils import extract_model_from_parallel
 from peft import PeftModel
+from safetensors.torch import save_file
 
 from tunery.config.schema import RunConfig
+from tunery.model.adapters import PISSA_INITIAL_STATE
 from tunery.model.load import resolve_model
 
 logger = logging.getLogger(__name__)
@@ -46,7 +54,7 @@ def save_trained(
     staging = Path(tempfile.mkdtemp(prefix=".saving-", dir=out))
     try:
         if isinstance(model, PeftModel):
-            model.save_pretrained(staging)
+            save_adapter(model, staging)
         else:
             save_full(model, staging, original_dtype(model, config))
         if tokenizer is not None:
@@ -56,6 +64,23 @@ def save_trained(
         shutil.rmtree(staging, ignore_errors=True)
     logger.info("Saved %s to %s", "adapter" if isinstance(model, PeftModel) else "weights", out)
     return out
+
+
+def save_adapter(model: PeftModel, folder: Path) -> None:
+    """The adapter as PEFT writes it; a PiSSA adapter remembered for conversion as plain LoRA."""
+    initial = getattr(model, PISSA_INITIAL_STATE, None)
+    if initial is None:
+        model.save_pretrained(folder)
+        return
+    # PEFT reads the initial adapter back from a folder; it must not end up among the outputs
+    with tempfile.TemporaryDirectory(prefix=".pissa-init-", dir=folder.parent) as scratch:
+        initial_dir = Path(scratch) / "pissa_init"
+        initial_dir.mkdir()
+        save_file({key: value.contiguous() for key, value in initial.items()},
+                  initial_dir / "adapter_model.safetensors", metadata={"format": "pt"})
+        model.save_pretrained(folder, path_initial_model_for_weight_conversion=str(initial_dir))
+    logger.info("Saved the PiSSA adapter converted to plain LoRA (rank %d) for the original base",
+                2 * model.peft_config["default"].r)
 
 
 def save_full(model: torch.nn.Module, folder: Path, dtype: torch.dtype | None) -> None:
