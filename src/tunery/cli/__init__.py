@@ -15,6 +15,7 @@ from collections.abc import Sequence
 
 from tunery import __version__
 from tunery.cli.common import chat_config, describe_keys
+from tunery.cli.expanding import add_expand
 from tunery.cli.exporting import add_export
 from tunery.cli.rewards import add_score
 from tunery.cli.scoring import add_compare, add_eval, add_predict
@@ -33,7 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"tunery {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add in (add_train, add_chat, add_predict, add_compare, add_data, add_eval, add_score, add_export,
-                add_api, add_webchat, add_webui):
+                add_expand, add_api, add_webchat, add_webui):
         add(commands)
     commands.add_parser("env", help="print versions and devices (for bug reports)").set_defaults(
         handler=run_env

@@ -46,7 +46,8 @@ def load_tokenizer_and_template(config: RunConfig) -> tuple[Any, Any]:
     name = template_name(config)
     data = config.data
     template = get_template(
-        name, tokenizer, default_system=data.default_system, enable_thinking=data.enable_thinking
+        name, tokenizer, default_system=data.default_system, enable_thinking=data.enable_thinking,
+        tool_format=data.tool_format,
     )
     added = tokenizer.convert_ids_to_tokens(list(range(vocabulary_size, len(tokenizer))))
     if added:  # the commonest cause: a template of another model family
@@ -65,9 +66,18 @@ def choose_batching(config: RunConfig, model: Any, stage: Any) -> None:
     apart by itself (from the position ids); an explicitly chosen ``sdpa``/``eager``
     kernel is honoured, which needs padded batches. A model that computes attention
     outside transformers' interface (BLOOM, remote code) cannot share a row safely.
+    ``shift_attn`` (LongLoRA) switches to shift short attention, always with padded batches.
     """
     from tunery.model.attention import enable_varlen_attention, supports_varlen
 
+    if config.architecture.shift_attn:
+        # LongLoRA groups a row's tokens into 4 groups; in a flat row those groups would mix the
+        # examples, so shift attention takes over the kernel and batches stay padded.
+        from tunery.model.patches import shift_attn
+
+        shift_attn.enable(model)
+        stage.flat_batches = False
+        return
     if not stage.flat_batches:
         return
     kernel = config.model.flash_attn
@@ -104,7 +114,9 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     stage = get_stage(config.finetuning.stage, config, tokenizer)
     model = load_model(config, tokenizer, for_training=True)
     choose_batching(config, model, stage)
-    model = stage.prepare_model(apply_finetuning(model, config.finetuning, config.model.adapter_name_or_path))
+    model = stage.prepare_model(
+        apply_finetuning(model, config.finetuning, config.model.adapter_name_or_path, run_config=config)
+    )
     loop = TrainLoop(config, model, tokenizer, stage, data.train, data.eval, accelerator)
     metrics = loop.run()
     if args.do_train and accelerator.is_main_process:
