@@ -10,7 +10,7 @@ from dataclasses import replace
 from tunery.data.templates.auto import AutoTemplate, build_auto_template
 from tunery.data.templates.base import Template
 from tunery.data.templates.families import TEMPLATES
-from tunery.data.templates.formatter import FunctionFormatter, text
+from tunery.data.templates.formatter import EOS, FunctionFormatter, text
 from tunery.data.templates.tools import TOOL_FORMATS, FunctionCall
 from tunery.errors import ConfigError
 
@@ -36,6 +36,7 @@ def get_template(
     enable_thinking: bool | None = True,
     preserve_thinking: bool = False,
     fix_tokenizer: bool = True,
+    tool_format: str | None = None,
 ) -> Template:
     """A private copy of template ``name``, with the tokenizer fixed for it.
 
@@ -44,6 +45,7 @@ def get_template(
     reasoning templates (qwen3, deepseekr1) and default to LLaMA-Factory's. With
     ``fix_tokenizer`` (the default) ``template.fix_tokenizer(tokenizer)`` is applied, which
     may add tokens; it is idempotent. ``tokenizer`` may be None only for named templates.
+    ``tool_format`` (a name in ``TOOL_FORMATS``) replaces the template's own tool format.
     """
     if name not in TEMPLATES:
         raise ConfigError(f"template: {TEMPLATES.describe_miss(name)}")
@@ -56,8 +58,28 @@ def get_template(
             stop_words=list(base.stop_words),
             default_system=base.default_system if default_system is None else default_system,
         )
+    if tool_format:
+        use_tool_format(template, tool_format)
     template.enable_thinking = enable_thinking
     template.preserve_thinking = preserve_thinking
     if fix_tokenizer and tokenizer is not None:
         template.fix_tokenizer(tokenizer)
     return template
+
+
+def use_tool_format(template: Template, tool_format: str) -> None:
+    """Describe tools and render calls in ``tool_format`` instead of the template's own format.
+
+    As LLaMA-Factory 0.9.5 does for its ``tool_format`` argument, a named template's calls
+    then become the bare call text plus eos (no eos for ``efficient_eos`` templates): the
+    family's own call slots belong to its own format. ``auto`` keeps its slots, since the
+    tokenizer's Jinja template writes the turn around the call.
+    """
+    if tool_format not in TOOL_FORMATS:
+        raise ConfigError(f"tool_format: {TOOL_FORMATS.describe_miss(tool_format)}")
+    if isinstance(template, AutoTemplate):
+        slots = template.format_function.slots
+    else:
+        slots = ("{{content}}",) if template.efficient_eos else ("{{content}}", EOS)
+    template.format_function = FunctionFormatter(slots, tool_format=tool_format)
+    template.tool_format = tool_format
