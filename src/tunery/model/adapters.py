@@ -144,11 +144,15 @@ def module_names_by_kind(model: torch.nn.Module) -> tuple[set[str], set[str]]:
     return hidden, other
 
 
-def setup_freeze(model: torch.nn.Module, args: FinetuningArgs) -> None:
-    """Train only chosen modules of the last (or first) N layers, plus extra named modules."""
-    num_layers = count_layers(model)
-    n = args.freeze_trainable_layers
-    layer_ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
+def setup_freeze(
+    model: torch.nn.Module, args: FinetuningArgs, layer_ids: Sequence[int] | None = None
+) -> None:
+    """Train only chosen modules of the last (or first) N layers (or of ``layer_ids``, as LLaMA Pro
+    picks them), plus extra named modules."""
+    if layer_ids is None:
+        num_layers = count_layers(model)
+        n = args.freeze_trainable_layers
+        layer_ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
     hidden, other = module_names_by_kind(model)
     modules = set(args.freeze_trainable_modules)
     for module in modules - {"all"}:

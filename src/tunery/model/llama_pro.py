@@ -44,30 +44,15 @@ def setup_llama_pro(
     layer_ids = expanded_layer_ids(count_layers(model), args.freeze_trainable_layers)
     logger.info("LLaMA Pro: training the expanded blocks %s.", ", ".join(map(str, layer_ids)))
     if args.finetuning_type == "freeze":
-        freeze_all_but(model, args, layer_ids)
+        from tunery.model.adapters import setup_freeze
+
+        setup_freeze(model, args, layer_ids)
         return model
     if args.finetuning_type == "lora":
         return lora_on(model, args, adapters, run_config, layer_ids)
     raise ConfigError(
         "use_llama_pro needs `finetuning_type: freeze` or `lora` (full tuning would train every block)."
     )
-
-
-def freeze_all_but(model: torch.nn.Module, args: FinetuningArgs, layer_ids: list[int]) -> None:
-    """Freeze tuning on the given layers, with freeze tuning's own module checks and matching."""
-    from tunery.model.adapters import is_freeze_trainable, module_names_by_kind
-
-    hidden, other = module_names_by_kind(model)
-    modules, extra = set(args.freeze_trainable_modules), set(args.freeze_extra_modules or [])
-    unknown = sorted((modules - {"all"}) - hidden) + sorted(extra - other)
-    if unknown:
-        raise ConfigError(
-            f"freeze_trainable_modules/freeze_extra_modules: '{unknown[0]}' is not a module of this model; "
-            f"inside the layers: {', '.join(sorted(hidden))}; outside: {', '.join(sorted(other))}."
-        )
-    layers = {str(idx) for idx in layer_ids}
-    for name, param in model.named_parameters():
-        param.requires_grad_(is_freeze_trainable(name, layers, modules, extra))
 
 
 def lora_on(
