@@ -4,7 +4,7 @@ Every input that sets a config key is described by a ``FieldSpec`` read from the
 schema (``tunery.config.schema``): its kind (checkbox, choice, number, text),
 default, choices and description, so a field added to the schema gets a widget
 without UI code. Keys Tunery knows from LLaMA-Factory but does not implement yet
-(``use_dora``, ``quantization_bit``, ...) get a disabled placeholder that says so, and
+(``use_badam``, ``deepspeed``, ...) get a disabled text field that says so, and
 become real widgets the day they move into the schema.
 
 ``form_to_flat`` turns widget values into the flat key/value mapping the CLI
@@ -38,17 +38,6 @@ COMPUTE_TYPES: dict[str, dict[str, bool]] = {
     "fp16": {"bf16": False, "fp16": True},
 }
 
-# How keys not in the schema yet would look, so their placeholders read naturally.
-PLACEHOLDERS: dict[str, tuple[Kind, Any, tuple]] = {
-    "quantization_bit": ("choice", None, ("4", "8")),
-    "use_rslora": ("bool", False, ()),
-    "use_dora": ("bool", False, ()),
-    "pissa_init": ("bool", False, ()),
-    "reward_model": ("text", None, ()),
-    "ppo_score_norm": ("bool", False, ()),
-    "ppo_whiten_rewards": ("bool", False, ()),
-}
-
 # Where the Train tab shows keys; every other key of the training sections is "advanced".
 TOP_BAR_KEYS = ("model_name_or_path", "finetuning_type", "adapter_name_or_path", "quantization_bit",
                 "template")
@@ -61,10 +50,9 @@ LORA_KEYS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_target", "addition
              "loraplus_lr_ratio", "use_rslora", "use_dora", "pissa_init")
 FREEZE_KEYS = ("freeze_trainable_layers", "freeze_trainable_modules", "freeze_extra_modules")
 # Preference / RL settings: every training key with one of these prefixes (so keys added for a new
-# stage land here by themselves), plus placeholders for the ones not built yet.
+# stage land here by themselves).
 PREFERENCE_PREFIXES = ("pref_", "dpo_", "simpo_", "orpo_", "kto_", "ref_model", "reward_model", "ppo_",
                        "grpo_")
-PREFERENCE_PLACEHOLDERS = ("reward_model", "ppo_score_norm", "ppo_whiten_rewards")
 DATA_KEYS = ("stage", "dataset_dir", "dataset")
 # Keys the Train tab sets itself (or that a training job never changes).
 TRAIN_FIXED_KEYS = ("output_dir", "bf16", "fp16", "do_train", "streaming")
@@ -138,8 +126,7 @@ def field_spec(key: str) -> FieldSpec:
         default = field.get_default(call_default_factory=True)
         return FieldSpec(key, kind, default, optional or default is None, choices, field.description or "")
     if key in UNSUPPORTED_KEYS:
-        kind, default, choices = PLACEHOLDERS.get(key, ("text", None, ()))
-        return FieldSpec(key, kind, default, True, choices, supported=False, reason=UNSUPPORTED_KEYS[key])
+        return FieldSpec(key, "text", None, True, (), supported=False, reason=UNSUPPORTED_KEYS[key])
     raise KeyError(f"'{key}' is not a config key")
 
 
@@ -155,9 +142,8 @@ def training_keys() -> list[str]:
 
 
 def preference_keys() -> list[str]:
-    """The preference / RL accordion: schema keys by prefix, then placeholders of keys still to come."""
-    keys = [key for key in training_keys() if key.startswith(PREFERENCE_PREFIXES)]
-    return keys + [key for key in PREFERENCE_PLACEHOLDERS if key not in keys and key in UNSUPPORTED_KEYS]
+    """The preference / RL accordion: the schema's keys with a preference or RL prefix."""
+    return [key for key in training_keys() if key.startswith(PREFERENCE_PREFIXES)]
 
 
 def advanced_keys() -> list[str]:
