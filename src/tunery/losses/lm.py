@@ -62,11 +62,16 @@ def causal_lm_loss(
 
 
 class LogitTransform:
-    """What a model's ``ForCausalLM.forward`` does to ``lm_head`` output before the loss."""
+    """What a model's ``ForCausalLM.forward`` does to ``lm_head`` output before the loss.
 
-    def __init__(self, scale: float = 1.0, softcap: float | None = None):
+    ``temperature`` divides the final logits, as sampling does: RL stages score the
+    completions they sampled at temperature T under the distribution they came from.
+    """
+
+    def __init__(self, scale: float = 1.0, softcap: float | None = None, temperature: float = 1.0):
         self.scale = scale
         self.softcap = softcap
+        self.temperature = temperature
 
     @classmethod
     def from_config(cls, config) -> "LogitTransform":
@@ -76,15 +81,21 @@ class LogitTransform:
             scale /= float(divisor)
         return cls(scale, getattr(config, "final_logit_softcapping", None))
 
+    def at_temperature(self, temperature: float) -> "LogitTransform":
+        return LogitTransform(self.scale, self.softcap, temperature)
+
     def apply(self, logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Transformed float32 logits, plus ``tanh`` (kept for the softcap derivative) or None."""
         logits = logits.float()
         if self.scale != 1.0:
             logits = logits * self.scale
-        if self.softcap is None:
-            return logits, None
-        squashed = torch.tanh(logits / self.softcap)
-        return squashed * self.softcap, squashed
+        squashed = None
+        if self.softcap is not None:
+            squashed = torch.tanh(logits / self.softcap)
+            logits = squashed * self.softcap
+        if self.temperature != 1.0:
+            logits = logits / self.temperature
+        return logits, squashed
 
 
 def head_cross_entropy(
@@ -154,8 +165,8 @@ class LinearCrossEntropy(torch.autograd.Function):
             grad[torch.arange(len(t), device=grad.device), t] -= 1.0
             if squashed is not None:
                 grad.mul_(1.0 - squashed.square_())
-            if transform.scale != 1.0:
-                grad.mul_(transform.scale)
+            if transform.scale != transform.temperature:
+                grad.mul_(transform.scale / transform.temperature)
             grad = grad.to(weight.dtype)
             if need_hidden:
                 grad_hidden[rows] = (grad @ weight).float()

@@ -92,11 +92,13 @@ def experience_batch(prompts: list[list[int]], completions: list[list[int]], pad
 
 
 def completion_outputs(model: torch.nn.Module, batch: dict, with_values: bool = False,
-                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``(log-probs (N,), values (N,) or None)`` at the N completion tokens of ``batch``, row-major.
 
     One decoder pass; the output head only sees completion positions, in chunks. The value of
     a token is the value head at the position that predicts it (the state before the token).
+    Log-probs are of the logits divided by the sampling ``temperature`` (the distribution the
+    completions were drawn from), as TRL computes them.
     """
     from tunery.train.stages.rm import base_model, value_head
 
@@ -106,7 +108,8 @@ def completion_outputs(model: torch.nn.Module, batch: dict, with_values: bool = 
     keep = targets != IGNORE_INDEX
     states = hidden[:, :-1][keep]
     logps = head_token_logps(base.get_output_embeddings(), states, targets[keep],
-                             LogitTransform.from_config(base.config), DEFAULT_CHUNK_SIZE)
+                             LogitTransform.from_config(base.config).at_temperature(temperature),
+                             DEFAULT_CHUNK_SIZE)
     values = value_head(model)(states.float()).squeeze(-1) if with_values else None
     return logps, values
 
@@ -116,7 +119,7 @@ MODEL_KEYS = ("input_ids", "labels", "attention_mask")
 
 @torch.no_grad()
 def chunked_outputs(loop: Any, model: torch.nn.Module, batch: dict, with_values: bool = False,
-                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                    temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``completion_outputs`` without gradients, a few rows per forward pass (the loop's token cap)."""
     rows, width = batch["input_ids"].shape
     cap = loop.max_tokens_per_forward
@@ -125,7 +128,7 @@ def chunked_outputs(loop: Any, model: torch.nn.Module, batch: dict, with_values:
     with loop.cpu_autocast():
         for start in range(0, rows, size):
             piece = loop.to_device({key: batch[key][start:start + size] for key in MODEL_KEYS})
-            piece_logps, piece_values = completion_outputs(model, piece, with_values)
+            piece_logps, piece_values = completion_outputs(model, piece, with_values, temperature)
             logps.append(piece_logps.float().cpu())
             if piece_values is not None:
                 values.append(piece_values.float().cpu())
@@ -162,16 +165,16 @@ class ReferencePolicy:
         with generating(loop) as policy, policy.disable_adapter():
             yield policy
 
-    def logps(self, loop: Any, batch: dict) -> torch.Tensor:
+    def logps(self, loop: Any, batch: dict, temperature: float = 1.0) -> torch.Tensor:
         with self.active(loop) as model:
-            return chunked_outputs(loop, model, batch)[0]
+            return chunked_outputs(loop, model, batch, temperature=temperature)[0]
 
 
-def policy_outputs(loop: Any, batch: dict, with_values: bool = False,
+def policy_outputs(loop: Any, batch: dict, with_values: bool = False, temperature: float = 1.0,
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The current policy's log-probs (and values) of ``batch``'s completions, no gradients, eval mode."""
     with generating(loop) as model:
-        return chunked_outputs(loop, model, batch, with_values)
+        return chunked_outputs(loop, model, batch, with_values, temperature)
 
 
 class StepMetrics:

@@ -93,6 +93,24 @@ def test_final_logit_softcapping_is_applied():
     assert_same(model, collate_flat(ROWS), softcap=0.5)
 
 
+def test_temperature_divides_the_capped_logits_in_loss_and_gradients():
+    from tunery.losses.lm import LogitTransform, head_cross_entropy
+
+    torch.manual_seed(0)
+    head = torch.nn.Linear(8, 16, bias=False)
+    hidden = torch.randn(5, 8, requires_grad=True)
+    targets = torch.tensor([1, 3, 5, 7, 9])
+    transform = LogitTransform(softcap=2.0, temperature=0.7)
+    ours = head_cross_entropy(head, hidden, targets, transform, chunk_size=2)
+    ours_grads = torch.autograd.grad(ours, [hidden, head.weight])
+    logits = 2.0 * torch.tanh(head(hidden) / 2.0) / 0.7  # cap first, then the sampling temperature
+    hand = F.cross_entropy(logits, targets, reduction="sum")
+    hand_grads = torch.autograd.grad(hand, [hidden, head.weight])
+    assert torch.allclose(ours, hand, atol=1e-5)
+    for got, want in zip(ours_grads, hand_grads, strict=True):
+        assert torch.allclose(got, want, atol=1e-5)
+
+
 def test_bf16_frozen_base_with_fp32_adapter():
     model = get_peft_model(tiny_llama(), LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
     for name, param in model.named_parameters():

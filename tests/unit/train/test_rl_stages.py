@@ -139,6 +139,22 @@ def test_reference_logps_equal_the_policy_before_the_first_update(model_dir, tmp
     assert not torch.allclose(policy_outputs(loop, batch)[0], loop.stage.reference.logps(loop, batch))
 
 
+def test_log_probs_are_taken_at_the_sampling_temperature(model_dir, tmp_path):
+    loop = build(rl_config(model_dir, tmp_path / "out", "grpo", temperature=0.5))
+    assert loop.stage.sampling_temperature == 0.5
+    prompts = [row["input_ids"] for row in loop.train_data.select(range(2))]
+    batch = experience_batch(prompts, [[70, 71, 72], [73, 74]], loop.stage.pad_id)
+    with torch.no_grad():
+        ours, _ = completion_outputs(loop.model, batch, temperature=0.5)
+        logits = loop.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    expected = torch.log_softmax(logits[:, :-1].float() / 0.5, -1)[keep].gather(1, targets[keep][:, None])
+    assert torch.allclose(ours, expected.squeeze(1), atol=1e-5)
+    greedy = build(rl_config(model_dir, tmp_path / "greedy", "ppo", do_sample=False, temperature=0.5))
+    assert greedy.stage.sampling_temperature == 1.0  # greedy decoding samples from no temperature
+
+
 def test_grpo_loss_with_old_equal_new_is_the_policy_gradient(model_dir, tmp_path):
     config = rl_config(model_dir, tmp_path / "out", "grpo", grpo_beta=0.0)
     loop = build(config)

@@ -55,7 +55,7 @@ class GRPOStage(RLStage):
         experience = experience_batch(rollout.prompts, rollout.completions, self.pad_id)
         experience["sequence_advantages"] = group_advantages(rollout.scores.total.float(), group)
         if self.reference is not None:
-            experience["ref_logps"] = self.reference.logps(loop, experience)
+            experience["ref_logps"] = self.reference.logps(loop, experience, self.sampling_temperature)
         return experience
 
     def count_loss_tokens(self, batch: dict) -> int:
@@ -63,7 +63,7 @@ class GRPOStage(RLStage):
 
     def compute_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
         args = self.config.rl
-        logps, _ = completion_outputs(model, batch)
+        logps, _ = completion_outputs(model, batch, temperature=self.sampling_temperature)
         lengths = batch["completion_lengths"].to(logps.device)
         sequence_ids = torch.arange(lengths.shape[0], device=logps.device).repeat_interleave(lengths)
         advantages = batch["sequence_advantages"].to(logps.device)[sequence_ids]

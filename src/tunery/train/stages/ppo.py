@@ -84,8 +84,9 @@ class PPOStage(RLStage):
         rollout = roll_out(loop, self, batch)
         self.metrics.add_rollout(rollout)
         experience = experience_batch(rollout.prompts, rollout.completions, self.pad_id)
-        old_logps, old_values = policy_outputs(loop, experience, with_values=True)
-        ref_logps = self.reference.logps(loop, experience)
+        temperature = self.sampling_temperature
+        old_logps, old_values = policy_outputs(loop, experience, with_values=True, temperature=temperature)
+        ref_logps = self.reference.logps(loop, experience, temperature)
         lengths = experience["completion_lengths"]
         mask = length_mask(lengths)
         kl = padded(kl_penalty(old_logps, ref_logps, "k1"), lengths)
@@ -125,7 +126,8 @@ class PPOStage(RLStage):
         return int(batch["completion_lengths"].sum())  # the loss is a mean over completion tokens
 
     def compute_loss(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, int]:
-        logps, values = completion_outputs(model, batch, with_values=True)
+        logps, values = completion_outputs(model, batch, with_values=True,
+                                           temperature=self.sampling_temperature)
         device = logps.device
         policy = ppo_policy_loss(logps.float(), batch["old_logps"].to(device), batch["advantages"].to(device))
         value = ppo_value_loss(values, batch["old_values"].to(device), batch["returns"].to(device))

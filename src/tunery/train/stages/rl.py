@@ -66,6 +66,12 @@ class RLStage(Stage):
         return self.config.generation
 
     @property
+    def sampling_temperature(self) -> float:
+        """The temperature completions are sampled at; log-probs are taken at the same one."""
+        settings = self.generation_settings
+        return settings.temperature if settings.do_sample and settings.temperature > 0 else 1.0
+
+    @property
     def pad_id(self) -> int:
         pad = getattr(self.tokenizer, "pad_token_id", None)
         return pad if pad is not None else self.stop_ids[0]
