@@ -1,4 +1,4 @@
-"""Peak memory of one SFT step of SmolLM2-135M per method (LoRA fp32/8-bit/4-bit, full AdamW/GaLore).
+"""Peak memory of one SFT step of SmolLM2-135M per method (LoRA fp32/8/4-bit, full AdamW/GaLore/layer-wise).
 
 Usage (from anywhere; paths resolve against the repository root)::
 
@@ -49,6 +49,8 @@ CONFIGURATIONS: dict[str, dict] = {
     "lora_hqq_4bit": {"finetuning_type": "lora", "quantization_bit": 4, "quantization_method": "hqq"},
     "full_adamw": {"finetuning_type": "full"},
     "full_galore": {"finetuning_type": "full", "use_galore": True, "galore_rank": 16},
+    "full_galore_layerwise": {"finetuning_type": "full", "use_galore": True, "galore_rank": 16,
+                              "galore_layerwise": True},
 }
 
 

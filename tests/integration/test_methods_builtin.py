@@ -1,4 +1,4 @@
-"""DoRA and GaLore examples train a few steps on the built-in SmolLM2-135M-Instruct and their output loads."""
+"""DoRA, GaLore and layer-wise GaLore examples train a few steps on the built-in SmolLM2; outputs load."""
 
 import json
 from pathlib import Path
@@ -46,12 +46,12 @@ def test_dora_example_trains_and_its_adapter_loads(tmp_path):
     assert not torch.allclose(tuned_logits, first_logits(base))  # the merged DoRA adapter changed the model
 
 
-def test_galore_example_trains_full_weights_and_the_loss_falls(tmp_path):
+@pytest.mark.parametrize("example", ["galore_full_sft.yaml", "galore_layerwise_sft.yaml"])
+def test_galore_example_trains_full_weights_and_the_loss_falls(example, tmp_path):
     out = tmp_path / "galore"
     # a larger learning rate than the example's, so three steps on one repeated batch visibly learn;
     # GaLore's first step computes an SVD per targeted matrix, so the test targets two projections
-    losses = train_example("galore_full_sft.yaml", out, "learning_rate=1e-4", "max_samples=2",
-                           "galore_target=q_proj,v_proj")
+    losses = train_example(example, out, "learning_rate=1e-4", "max_samples=2", "galore_target=q_proj,v_proj")
     assert len(losses) == 3 and all(torch.isfinite(torch.tensor(losses)))
     assert losses[-1] < losses[0]
     saved = load_config(None, [f"model_name_or_path={out}", "template=smollm2"])

@@ -30,6 +30,7 @@ from tunery.train import checkpoint as ckpt
 from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
 from tunery.train.callbacks import Reporter, build_log_entry, plot_metric, save_results
 from tunery.train.interrupt import StopRequest, stop_on_signal
+from tunery.train.layerwise import LayerwiseOptimizer
 from tunery.train.memory import cpu_autocast, forward_token_cap, peft_autocast_inputs, release_free_memory
 from tunery.train.schedule import create_optimizer, create_scheduler
 from tunery.train.stages import Stage
@@ -140,6 +141,10 @@ class TrainLoop:
         )
         self.state.total_steps = self.count_total_steps()
         optimizer = create_optimizer(model, config)
+        self.layerwise = optimizer if isinstance(optimizer, LayerwiseOptimizer) else None
+        if self.layerwise is not None and self.args.max_grad_norm > 0:
+            logger.warning("galore_layerwise updates each layer during backward, before a global "
+                           "gradient norm exists: max_grad_norm=%s is not applied.", self.args.max_grad_norm)
         self.scheduler = create_scheduler(optimizer, self.args, self.state.total_steps)
         self.module, self.optimizer = acc.prepare(StageModule(model, stage), optimizer)
         self.max_tokens_per_forward = forward_token_cap(self.args, acc.device)
@@ -264,7 +269,7 @@ class TrainLoop:
         acc, state = self.accelerator, self.state
         for update in self.stage.make_updates(self, window):
             loss_tokens, input_tokens, samples, step_loss = self.accumulate(update)
-            if self.args.max_grad_norm > 0:
+            if self.args.max_grad_norm > 0 and self.layerwise is None:
                 self.last_grad_norm = acc.clip_grad_norm_(self.module.parameters(), self.args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
@@ -302,11 +307,18 @@ class TrainLoop:
             with nullcontext() if sync else acc.no_sync(self.module):
                 with self.cpu_autocast():
                     loss_sum, _ = self.module(self.to_device(piece))
-                acc.backward(loss_sum * (scale * weight))
+                with self.updating_in_backward(last_pass=sync):
+                    acc.backward(loss_sum * (scale * weight))
             step_loss += loss_sum.detach().double() * weight
             del loss_sum
             release_free_memory(acc.device)
         return loss_tokens, input_tokens, samples, step_loss
+
+    def updating_in_backward(self, last_pass: bool):
+        """Layer-wise optimizers update each parameter during the step's last backward."""
+        if self.layerwise is None or not last_pass:
+            return nullcontext()
+        return self.layerwise.stepping_in_backward()
 
     def after_step(self, reporter: Reporter) -> None:
         """Log, evaluate and save at the configured steps (in that order, like transformers)."""

@@ -10,12 +10,12 @@ group carrying ``rank``/``update_proj_gap``/``scale``/``proj_type``, for which t
 optimizer projects each gradient onto its top ``galore_rank`` singular directions
 (recomputed every ``galore_update_interval`` steps) and keeps Adam's moments in
 that small space; every other parameter is updated as plain AdamW by the same
-optimizer. ``galore_layerwise`` (an optimizer per parameter stepped from gradient
-hooks) would bypass this loop's gradient accumulation, clipping and checkpointed
-optimizer state, so it is refused with an explanation.
+optimizer. ``galore_layerwise`` gives every parameter its own ``GaLoreAdamW``, stepped
+from its gradient hook during backward (``train.layerwise``).
 """
 
 import math
+import os
 
 import torch
 from transformers import get_scheduler
@@ -71,10 +71,21 @@ def create_galore_optimizer(
             "use `all` or names of linear layers such as q_proj,v_proj."
         )
     plain = [group for group in groups if group["params"]]
-    return GaLoreAdamW(
-        plain + galore_groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
-        eps=args.adam_epsilon, weight_decay=args.weight_decay, no_deprecation_warning=True,
-    )
+
+    def galore_adamw(param_groups: list[dict]) -> GaLoreAdamW:
+        return GaLoreAdamW(
+            param_groups, lr=args.learning_rate, betas=(args.adam_beta1, args.adam_beta2),
+            eps=args.adam_epsilon, weight_decay=args.weight_decay, no_deprecation_warning=True,
+        )
+
+    if not methods.galore_layerwise:
+        return galore_adamw(plain + galore_groups)
+    from tunery.train.layerwise import LayerwiseOptimizer
+
+    return LayerwiseOptimizer([
+        galore_adamw([{**group, "params": [param]}])
+        for group in plain + galore_groups for param in group["params"]
+    ])
 
 
 def check_galore(config: RunConfig) -> None:
@@ -85,11 +96,7 @@ def check_galore(config: RunConfig) -> None:
             "freeze); LoRA already trains low-rank matrices."
         )
     if methods.galore_layerwise:
-        raise ConfigError(
-            "galore_layerwise is not supported: per-layer optimizers stepped from gradient hooks would "
-            "bypass gradient accumulation, clipping and checkpointed optimizer state; remove it (plain "
-            "GaLore keeps the low-rank optimizer states)."
-        )
+        check_layerwise(config)
     try:
         import galore_torch  # noqa: F401
     except ImportError:
@@ -100,6 +107,21 @@ def check_galore(config: RunConfig) -> None:
     from galore_torch.galore_projector import GaLoreProjector
 
     torch.serialization.add_safe_globals([GaLoreProjector])
+
+
+def check_layerwise(config: RunConfig) -> None:
+    """Layer-wise updates happen inside backward: refuse what must see gradients after it."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ConfigError(
+            "galore_layerwise needs a single process: with several, gradients are averaged across "
+            "processes after the per-layer updates already ran. Launch one process or set "
+            "galore_layerwise: false."
+        )
+    if config.training.fp16:
+        raise ConfigError(
+            "galore_layerwise cannot use fp16 loss scaling (gradients must be unscaled before each "
+            "per-layer update); use bf16: true or full precision."
+        )
 
 
 def galore_target_params(model: torch.nn.Module, target: list[str]) -> set[int]:

@@ -82,7 +82,6 @@ def test_training_loop_checkpoints_and_reloads_galore_state(tmp_path):
     ("keys", "message"),
     [
         ({"finetuning_type": "lora"}, "finetuning_type: full"),
-        ({"finetuning_type": "full", "galore_layerwise": True}, "galore_layerwise is not supported"),
         ({"finetuning_type": "full", "galore_target": "nothing_here"}, "matches no trainable"),
     ],
 )
