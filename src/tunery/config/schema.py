@@ -245,7 +245,8 @@ class TrainingArgs(Section):
         ge=0,
         description=(
             "Run each flattened batch as forward/backward passes of at most this many tokens "
-            "(whole examples; gradients are identical, activation memory is capped). "
+            "(whole examples; gradients are identical, activation memory is capped; a single "
+            "longer example recomputes part of its layers in backward to stay near the cap). "
             "Default: 512 on the CPU, where memory rather than speed is short; 0 = no cap."
         ),
     )

@@ -31,7 +31,15 @@ from tunery.train.batching import BatchPlan, MicroBatch, eval_batches
 from tunery.train.callbacks import Reporter, build_log_entry, plot_metric, save_results
 from tunery.train.interrupt import StopRequest, stop_on_signal
 from tunery.train.layerwise import LayerwiseOptimizer
-from tunery.train.memory import cpu_autocast, forward_token_cap, peft_autocast_inputs, release_free_memory
+from tunery.train.memory import (
+    checkpoint_interval,
+    cpu_autocast,
+    enable_gradient_checkpointing,
+    forward_token_cap,
+    peft_autocast_inputs,
+    recomputing_activations,
+    release_free_memory,
+)
 from tunery.train.schedule import create_optimizer, create_scheduler
 from tunery.train.stages import Stage
 
@@ -305,7 +313,7 @@ class TrainLoop:
         for index, (piece, weight) in enumerate(passes):
             sync = index == len(passes) - 1  # DDP reduces gradients once, after the last pass
             with nullcontext() if sync else acc.no_sync(self.module):
-                with self.cpu_autocast():
+                with self.cpu_autocast(), self.recomputing_if_oversized(piece):
                     loss_sum, _ = self.module(self.to_device(piece))
                 with self.updating_in_backward(last_pass=sync):
                     acc.backward(loss_sum * (scale * weight))
@@ -313,6 +321,17 @@ class TrainLoop:
             del loss_sum
             release_free_memory(acc.device)
         return loss_tokens, input_tokens, samples, step_loss
+
+    def recomputing_if_oversized(self, piece: dict):
+        """A pass over the token cap (one example or pair longer than the cap: it cannot be split)
+        recomputes part of its layers in backward, so it saves about what a capped pass saves."""
+        cap = self.max_tokens_per_forward
+        if cap <= 0 or self.args.gradient_checkpointing:
+            return nullcontext()
+        tokens = self.stage.count_input_tokens(piece)
+        if tokens <= cap:
+            return nullcontext()
+        return recomputing_activations(self.model, checkpoint_interval(tokens, cap))
 
     def updating_in_backward(self, last_pass: bool):
         """Layer-wise optimizers update each parameter during the step's last backward."""
@@ -459,16 +478,3 @@ def safe_exp(value: float) -> float:
         return math.exp(value)
     except OverflowError:
         return float("inf")
-
-
-def enable_gradient_checkpointing(model: torch.nn.Module) -> None:
-    """Recompute activations in backward; non-reentrant, so frozen inputs need no grad hack."""
-    kwargs = {"use_reentrant": False}
-    enable = getattr(model, "activation_checkpointing_enable", None)  # newer name, transformers >= 5.x
-    if enable is not None:
-        enable(activation_checkpointing_kwargs=kwargs)
-    else:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    config = getattr(model, "config", None)
-    if config is not None:
-        config.use_cache = False

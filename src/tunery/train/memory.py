@@ -4,7 +4,10 @@ On the CPU, memory rather than parallelism is what runs out, so the loop
 (``train.loop``) bounds it three ways, none of which changes the gradients:
 
 - token-capped forward passes (``forward_token_cap``): saved activations grow
-  with the tokens of one pass, so a flat batch runs as passes of whole examples;
+  with the tokens of one pass, so a flat batch runs as passes of whole examples,
+  and a single example (or preference pair) longer than the cap runs with
+  activation checkpointing on just enough of its layers (``checkpoint_interval``)
+  to save about what a capped pass saves;
 - giving the C heap's free pages back to the OS after every backward pass
   (``release_free_memory``): activations of varying sizes fragment glibc's heap,
   and peak RSS creeps up otherwise;
@@ -17,7 +20,8 @@ On the CPU, memory rather than parallelism is what runs out, so the loop
 import ctypes
 import os
 import sys
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import torch
 
@@ -96,3 +100,54 @@ def release_free_memory(device: torch.device) -> None:
     if device.type != "cpu" or LIBC is None:
         return
     LIBC.malloc_trim(0)
+
+
+def enable_gradient_checkpointing(model: torch.nn.Module, every_n_layers: int = 1) -> None:
+    """Recompute activations in backward; non-reentrant, so frozen inputs need no grad hack.
+
+    ``every_n_layers`` > 1 checkpoints only every n-th decoder layer (transformers >= 5).
+    """
+    kwargs = {"use_reentrant": False}
+    enable = getattr(model, "activation_checkpointing_enable", None)  # newer name, transformers >= 5.x
+    if enable is not None:
+        enable(activation_checkpointing_kwargs=kwargs, every_n_layers=every_n_layers)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    config = getattr(model, "config", None)
+    if config is not None:
+        config.use_cache = False
+
+
+def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
+    disable = getattr(model, "activation_checkpointing_disable", None)  # newer name, transformers >= 5.x
+    if disable is not None:
+        disable()
+    else:
+        model.gradient_checkpointing_disable()
+    # enabling hooked the embeddings to make their output require grad (for reentrant checkpoints);
+    # remove the hook so repeated toggles do not stack them
+    model.disable_input_require_grads()
+
+
+def checkpoint_interval(tokens: int, cap: int) -> int:
+    """Checkpoint every n-th layer so that a pass of ``tokens`` saves about what ``cap`` tokens do.
+
+    Un-checkpointed layers keep activations in proportion to the tokens; checkpointed ones keep
+    only their input. Keeping at most ``cap / tokens`` of the layers bounds the saved activations
+    near a capped pass's, and recomputes as few layers as that allows (all of them from 2x the cap).
+    """
+    share_to_recompute = 1.0 - cap / tokens
+    return max(1, int(1.0 / share_to_recompute))
+
+
+@contextmanager
+def recomputing_activations(model: torch.nn.Module, every_n_layers: int = 1) -> Iterator[None]:
+    """Activation checkpointing for the forward passes inside (their backward recomputes the layers).
+
+    Only the forward needs the switch: a checkpointed layer records how to recompute itself.
+    """
+    enable_gradient_checkpointing(model, every_n_layers)
+    try:
+        yield
+    finally:
+        disable_gradient_checkpointing(model)

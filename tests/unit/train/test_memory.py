@@ -5,7 +5,7 @@ from peft.tuners.tuners_utils import BaseTunerLayer
 from train_helpers import build_loop, make_config, make_rows
 
 from tunery.train import memory
-from tunery.train.memory import cpu_autocast, forward_token_cap
+from tunery.train.memory import checkpoint_interval, cpu_autocast, forward_token_cap
 
 
 def first_step_grads(tmp_path, name: str, rows, **keys) -> tuple[dict[str, torch.Tensor], float]:
@@ -26,6 +26,38 @@ def test_capped_forward_passes_give_the_uncapped_gradients(tmp_path):
     for name, grad in whole.items():
         assert grad.abs().sum() > 0
         torch.testing.assert_close(capped[name], grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_examples_longer_than_the_cap_recompute_their_activations_with_the_same_gradients(tmp_path):
+    rows = make_rows(8, seed=3)
+    cap = 8
+    oversized = sum(len(row["input_ids"]) > cap for row in rows)
+    assert 0 < oversized < len(rows)
+    whole, loss_whole = first_step_grads(tmp_path, "whole", rows, max_tokens_per_forward=0)
+
+    config = make_config(tmp_path / "capped", finetuning_type="full", per_device_train_batch_size=8,
+                         max_tokens_per_forward=cap)
+    loop = build_loop(config, rows)
+    first_layer = loop.model.model.layers[0]
+    calls = []
+    first_layer.register_forward_hook(lambda layer, args, output: calls.append(layer.gradient_checkpointing))
+    _, _, _, loss = loop.accumulate(next(loop.iterate_windows(0, 0)))
+    # one pass per longer example, run with checkpointing; the others (<= 8 tokens) without
+    passes = len(loop.stage.split(loop.stage.collate(rows), cap))
+    assert len(calls) == passes
+    assert calls.count(True) == oversized
+    assert not first_layer.gradient_checkpointing  # switched off again after those passes
+    assert abs(float(loss) - loss_whole) < 1e-5
+    for name, grad in whole.items():
+        torch.testing.assert_close(loop.model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def test_checkpoint_interval_keeps_about_a_capped_pass_worth_of_layers():
+    assert checkpoint_interval(1000, 512) == 2  # keep half the layers' activations: ~500 tokens' worth
+    assert checkpoint_interval(600, 512) == 6  # recompute one layer in six
+    assert checkpoint_interval(1024, 512) == 2
+    assert checkpoint_interval(1100, 512) == 1  # over twice the cap: every layer
+    assert checkpoint_interval(5000, 512) == 1
 
 
 def test_forward_cap_defaults_to_512_on_cpu_and_none_elsewhere(tmp_path):
