@@ -275,35 +275,43 @@ class TrainLoop:
         learning-rate schedule still advances once per step.
         """
         acc, state = self.accelerator, self.state
+        samples = self.count_rows(window)
+        state.samples_seen += samples
+        self.session["samples"] += samples
         for update in self.stage.make_updates(self, window):
-            loss_tokens, input_tokens, samples, step_loss = self.accumulate(update)
+            loss_tokens, input_tokens, step_loss = self.accumulate(update)
             if self.args.max_grad_norm > 0 and self.layerwise is None:
                 self.last_grad_norm = acc.clip_grad_norm_(self.module.parameters(), self.args.max_grad_norm)
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             self.pending_loss += step_loss
             state.pending_tokens += loss_tokens
-            state.samples_seen += samples
             state.input_tokens_seen += input_tokens
-            self.session["samples"] += samples
             self.session["tokens"] += input_tokens
         if not acc.optimizer_step_was_skipped:
             self.scheduler.step()
         state.global_step += 1
         self.stage.on_step_end(self)
 
-    def accumulate(self, window: list[tuple[dict, MicroBatch]]) -> tuple[int, int, int, torch.Tensor]:
+    def count_rows(self, window: list[tuple[dict, MicroBatch]]) -> int:
+        """Training rows of the step, over all processes (each counted once, however many
+        updates a stage makes of them: PPO's epochs pass over the same rollouts)."""
+        rows = torch.tensor([float(sum(len(m.indices) for _, m in window if m.weight))],
+                            dtype=torch.float64, device=self.accelerator.device)
+        return int(self.accelerator.reduce(rows, "sum").item())
+
+    def accumulate(self, window: list[tuple[dict, MicroBatch]]) -> tuple[int, int, torch.Tensor]:
         """Backward every micro-batch so the gradients are d(mean loss per label token of the step).
 
-        Returns the step's global (label tokens, input tokens, rows) and this process's loss sum.
+        Returns the step's global (label tokens, input tokens) and this process's loss sum.
         """
         acc = self.accelerator
         counts = torch.tensor(
-            [[self.stage.count_loss_tokens(b), self.stage.count_input_tokens(b), len(m.indices)]
+            [[self.stage.count_loss_tokens(b), self.stage.count_input_tokens(b)]
              for b, m in window if m.weight], dtype=torch.float64,
-        ).reshape(-1, 3).sum(0)
+        ).reshape(-1, 2).sum(0)
         totals = acc.reduce(counts.to(acc.device), "sum").tolist()
-        loss_tokens, input_tokens, samples = (int(x) for x in totals)
+        loss_tokens, input_tokens = (int(x) for x in totals)
         # DDP averages gradients over processes; multiplying by their number turns that
         # average into the sum, so every label token of the step weighs 1 / loss_tokens.
         scale = acc.num_processes / max(loss_tokens, 1)
@@ -320,7 +328,7 @@ class TrainLoop:
             step_loss += loss_sum.detach().double() * weight
             del loss_sum
             release_free_memory(acc.device)
-        return loss_tokens, input_tokens, samples, step_loss
+        return loss_tokens, input_tokens, step_loss
 
     def recomputing_if_oversized(self, piece: dict):
         """A pass over the token cap (one example or pair longer than the cap: it cannot be split)

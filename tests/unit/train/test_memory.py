@@ -12,7 +12,7 @@ def first_step_grads(tmp_path, name: str, rows, **keys) -> tuple[dict[str, torch
     config = make_config(tmp_path / name, finetuning_type="full", per_device_train_batch_size=8, **keys)
     loop = build_loop(config, rows)
     window = next(loop.iterate_windows(0, 0))
-    _, _, _, loss = loop.accumulate(window)
+    _, _, loss = loop.accumulate(window)
     grads = {n: p.grad.clone() for n, p in loop.model.named_parameters() if p.grad is not None}
     return grads, float(loss)
 
@@ -41,7 +41,7 @@ def test_examples_longer_than_the_cap_recompute_their_activations_with_the_same_
     first_layer = loop.model.model.layers[0]
     calls = []
     first_layer.register_forward_hook(lambda layer, args, output: calls.append(layer.gradient_checkpointing))
-    _, _, _, loss = loop.accumulate(next(loop.iterate_windows(0, 0)))
+    _, _, loss = loop.accumulate(next(loop.iterate_windows(0, 0)))
     # one pass per longer example, run with checkpointing; the others (<= 8 tokens) without
     passes = len(loop.stage.split(loop.stage.collate(rows), cap))
     assert len(calls) == passes

@@ -111,6 +111,8 @@ def test_ppo_steps_train_lora_and_value_head_and_save_them(model_dir, tmp_path):
     before = snapshot(loop.model)
     loop.run()
     moved = changed(before, loop.model)
+    # prompts of 2 steps x 2 buffered micro-batches x batch 2, counted once although ppo_epochs=2
+    assert loop.state.samples_seen == 8
     assert any("v_head" in name for name in moved) and any("lora_" in name for name in moved)
     assert all("lora_" in name or "v_head" in name for name in moved)
     entry = log_entries(tmp_path / "out")[0]
