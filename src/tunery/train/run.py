@@ -18,6 +18,7 @@ from tunery.errors import TuneryError
 from tunery.fileio import write_text_atomic
 from tunery.train.checkpoint import check_output_dir, resolve_resume
 from tunery.train.loop import TrainLoop, create_accelerator
+from tunery.train.memory import bound_onednn_cache
 from tunery.train.stages import get_stage
 
 logger = logging.getLogger(__name__)
@@ -100,6 +101,7 @@ def run_training(config: RunConfig) -> dict[str, Any]:
     from tunery.model.load import load_model
 
     args = config.training
+    bound_onednn_cache()
     accelerator = create_accelerator(args)
     if args.do_train:  # fail on output_dir/resume mistakes before minutes of loading
         check_output_dir(args, resuming=resolve_resume(args) is not None)

@@ -1,5 +1,7 @@
 """Memory savers of the loop: token-capped forward passes and bf16 autocast with fp32 LoRA weights."""
 
+import os
+
 import torch
 from peft.tuners.tuners_utils import BaseTunerLayer
 from train_helpers import build_loop, make_config, make_rows
@@ -111,3 +113,12 @@ def test_release_free_memory_returns_freed_heap_pages():
     del blocks
     memory.release_free_memory(torch.device("cpu"))
     assert memory.resident_bytes() < before - 100 * 2**20
+
+
+def test_onednn_cache_is_bounded_unless_the_user_chose_a_size(monkeypatch):
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    memory.bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == memory.ONEDNN_CACHE_CAPACITY
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "512")
+    memory.bound_onednn_cache()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "512"
