@@ -39,6 +39,7 @@ from tunery.train.memory import (
     peft_autocast_inputs,
     recomputing_activations,
     release_free_memory,
+    supports_checkpointing,
 )
 from tunery.train.schedule import create_optimizer, create_scheduler
 from tunery.train.stages import Stage
@@ -334,7 +335,7 @@ class TrainLoop:
         """A pass over the token cap (one example or pair longer than the cap: it cannot be split)
         recomputes part of its layers in backward, so it saves about what a capped pass saves."""
         cap = self.max_tokens_per_forward
-        if cap <= 0 or self.args.gradient_checkpointing:
+        if cap <= 0 or self.args.gradient_checkpointing or not supports_checkpointing(self.model):
             return nullcontext()
         tokens = self.stage.count_input_tokens(piece)
         if tokens <= cap:

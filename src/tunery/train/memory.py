@@ -147,6 +147,11 @@ def disable_gradient_checkpointing(model: torch.nn.Module) -> None:
     model.disable_input_require_grads()
 
 
+def supports_checkpointing(model: torch.nn.Module) -> bool:
+    """Whether transformers can checkpoint this model's layers (remote-code models may not)."""
+    return bool(getattr(model, "supports_gradient_checkpointing", False))
+
+
 def checkpoint_interval(tokens: int, cap: int) -> int:
     """Checkpoint every n-th layer so that a pass of ``tokens`` saves about what ``cap`` tokens do.
 

@@ -54,6 +54,18 @@ def test_examples_longer_than_the_cap_recompute_their_activations_with_the_same_
         torch.testing.assert_close(loop.model.get_parameter(name).grad, grad, atol=1e-6, rtol=1e-5, msg=name)
 
 
+def test_models_that_cannot_checkpoint_run_long_examples_whole(tmp_path):
+    config = make_config(tmp_path, finetuning_type="full", per_device_train_batch_size=8,
+                         max_tokens_per_forward=8)
+    loop = build_loop(config, make_rows(8, seed=3))
+    loop.model.supports_gradient_checkpointing = False  # as some remote-code models declare
+    calls = []
+    loop.model.model.layers[0].register_forward_hook(lambda layer, args, output: calls.append(
+        layer.gradient_checkpointing))
+    loop.accumulate(next(loop.iterate_windows(0, 0)))
+    assert calls and not any(calls)
+
+
 def test_checkpoint_interval_keeps_about_a_capped_pass_worth_of_layers():
     assert checkpoint_interval(1000, 512) == 2  # keep half the layers' activations: ~500 tokens' worth
     assert checkpoint_interval(600, 512) == 6  # recompute one layer in six
