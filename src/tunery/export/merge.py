@@ -10,7 +10,8 @@ A base that is already quantized (bitsandbytes, GPTQ, AWQ: a ``quantization_conf
 in its config.json) is refused: merging a float adapter into integer weights
 either fails or silently loses the adapter, so merge into the full-precision base.
 So is a config with ``quantization_bit`` (a QLoRA training config): the export must
-name the full-precision base without it.
+name the full-precision base without it. LoftQ adapters are refused too: they belong to
+the quantized base they were initialised for (``check_no_loftq_adapter``).
 """
 
 import json
@@ -18,6 +19,7 @@ import logging
 from pathlib import Path
 
 import torch
+import yaml
 from huggingface_hub import split_torch_state_dict_into_shards
 
 from tunery.config.schema import RunConfig
@@ -31,6 +33,7 @@ logger = logging.getLogger(__name__)
 
 LEGACY_WEIGHTS_PATTERN = "pytorch_model{suffix}.bin"
 LEGACY_INDEX = "pytorch_model.bin.index.json"
+RUN_RECORD = "run_config.yaml"  # written beside every trained adapter (tunery.train.run.CONFIG_FILE)
 
 
 def check_not_quantized(config: RunConfig) -> None:
@@ -54,6 +57,31 @@ def check_not_quantized(config: RunConfig) -> None:
             "(the one the quantized copy was made from) and quantize the merged result afterwards "
             "(e.g. export_gguf: q8_0)."
         )
+
+
+def check_no_loftq_adapter(config: RunConfig) -> None:
+    """Refuse adapters initialised with LoftQ: they were trained against the quantized base.
+
+    LoftQ starts the adapter at the quantization error ``W - Q``, and training continues on top
+    of ``Q``; merged into the full-precision ``W``, that error would be counted twice. The
+    training record (``run_config.yaml`` beside the adapter) says whether LoftQ was used.
+    """
+    for adapter in config.model.adapter_name_or_path or []:
+        record = Path(adapter) / RUN_RECORD
+        if not record.is_file():
+            continue
+        try:
+            bits = (yaml.safe_load(record.read_text(encoding="utf-8")) or {}).get("loftq_bits")
+        except yaml.YAMLError:
+            continue
+        if bits:
+            raise ConfigError(
+                f"Adapter '{adapter}' was initialised with LoftQ (loftq_bits: {bits}): it learned on top of "
+                f"the {bits}-bit quantized base, and merged into the full-precision weights it would add "
+                "the quantization error twice. Use it unmerged on the quantized base instead (tunery chat "
+                f"or tunery api with quantization_bit={bits} double_quantization=false); a merged export "
+                "of LoftQ adapters is not supported."
+            )
 
 
 def read_config_json(folder: Path) -> dict:

@@ -24,6 +24,7 @@ from tunery.config.schema import RunConfig
 from tunery.errors import ConfigError
 from tunery.export.gguf_writer import check_gguf_supported, gguf_file_name, source_pre_tokenizer, write_gguf
 from tunery.export.merge import (
+    check_no_loftq_adapter,
     check_not_quantized,
     export_dtype,
     load_merged_model,
@@ -59,6 +60,7 @@ def export_model(config: RunConfig, max_shard_size: str | int | None = None) -> 
     """
     target = check_export_dir(config)
     check_not_quantized(config)
+    check_no_loftq_adapter(config)
     tokenizer, template = load_tokenizer_and_template(config)
     if config.export.export_gguf:  # refuse before minutes of merging and writing
         source = resolve_model(config.model.model_name_or_path).path

@@ -122,6 +122,17 @@ def test_a_previous_export_is_replaced_without_stale_files(tiny_model, tiny_adap
     assert result.files == sorted(path.name for path in target.iterdir())
 
 
+def test_loftq_adapter_is_refused_before_merging(tiny_model, tiny_adapter, tmp_path):
+    adapter = tmp_path / "loftq"
+    shutil.copytree(tiny_adapter, adapter)
+    (adapter / "run_config.yaml").write_text("finetuning_type: lora\nloftq_bits: 4\nloftq_iter: 1\n")
+    with pytest.raises(ConfigError, match=r"LoftQ \(loftq_bits: 4\).*quantization_bit=4"):
+        export_model(export_config(tiny_model, tmp_path / "out", adapter))
+    assert not (tmp_path / "out").exists()
+    (adapter / "run_config.yaml").write_text("finetuning_type: lora\nloftq_bits: null\n")
+    assert export_model(export_config(tiny_model, tmp_path / "out", adapter)).folder.is_dir()
+
+
 def test_quantized_base_is_refused_with_advice(tiny_model, tmp_path):
     quantized = tmp_path / "quantized"
     shutil.copytree(tiny_model, quantized)
