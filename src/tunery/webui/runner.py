@@ -203,7 +203,8 @@ def read_status(path: Path) -> dict | None:
 def abort_job(registry: JobRegistry, job: Job) -> bool:
     """Ask a running job to stop (SIGINT: training saves a checkpoint first); False if it had ended."""
     status_path = registry.status_path(job)
-    if not is_alive(job, status_path):
+    # A written status means the command has ended, even while its supervisor is still exiting.
+    if read_status(status_path) is not None or not is_alive(job, status_path):
         return False
     (job.folder(registry.root) / ABORT_MARK).touch()
     try:

@@ -16,6 +16,7 @@ from train_tiny import REPO_ROOT, run_config, save_tiny_model, write_config
 
 from tunery.train.checkpoint import list_checkpoints
 from tunery.webui.runner import (
+    Job,
     JobRegistry,
     abort_job,
     abort_latest,
@@ -140,6 +141,28 @@ def test_error_line_prefers_tunery_errors_then_tracebacks():
         "RuntimeError: out of memory"
     assert error_line("all good") == ""
 
+
+
+def test_a_job_that_wrote_its_status_is_not_signalled_while_its_supervisor_exits(tmp_path):
+    # the window between the supervisor writing status.json and exiting: a stand-in process
+    # whose command line names the status file, as the real supervisor's does
+    registry = JobRegistry(tmp_path / "jobs")
+    job = Job(id="train-1", kind="train", command=["tunery", "train"], config_path="", output_dir="",
+              log_path=str(tmp_path / "log"), pid=0, started=time.time())
+    status_path = registry.status_path(job)
+    status_path.parent.mkdir(parents=True)
+    supervisor = subprocess.Popen(["sh", "-c", "sleep 30", str(status_path.resolve())])
+    try:
+        job.pid = supervisor.pid
+        registry.add(job)
+        assert job_state(registry, job).running
+        status_path.write_text(json.dumps({"returncode": 130, "ended": time.time()}))
+        assert (job_state(registry, job).state, job_state(registry, job).returncode) == ("aborted", 130)
+        assert not abort_job(registry, job)
+        assert supervisor.poll() is None  # no SIGINT was sent
+    finally:
+        supervisor.kill()
+        supervisor.wait()
 
 
 def test_abort_latest_has_nothing_to_stop_without_a_running_job(tmp_path):
