@@ -80,8 +80,3 @@ class LayerwiseOptimizer(torch.optim.Optimizer):
             )
         for optimizer, state in zip(self.per_parameter, saved, strict=True):
             optimizer.load_state_dict(state)
-
-    def remove_hooks(self) -> None:
-        for handle in self.hooks:
-            handle.remove()
-        self.hooks = []
