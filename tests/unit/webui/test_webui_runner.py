@@ -151,7 +151,9 @@ def test_a_job_that_wrote_its_status_is_not_signalled_while_its_supervisor_exits
               log_path=str(tmp_path / "log"), pid=0, started=time.time())
     status_path = registry.status_path(job)
     status_path.parent.mkdir(parents=True)
-    supervisor = subprocess.Popen(["sh", "-c", "sleep 30", str(status_path.resolve())])
+    # (a Python process: `sh -c "sleep 30"` may exec sleep and lose the status path from its command line)
+    stand_in = [sys.executable, "-c", "import time; time.sleep(30)", str(status_path.resolve())]
+    supervisor = subprocess.Popen(stand_in)
     try:
         job.pid = supervisor.pid
         registry.add(job)
