@@ -31,6 +31,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, get_peft_model
 
 from tunery.config.schema import FinetuningArgs, RunConfig
 from tunery.errors import ConfigError, ModelError
+from tunery.model.patches import apply_adapter_patches
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ def apply_finetuning(
         setup_freeze(model, finetuning_args)
     else:
         model = setup_lora(model, finetuning_args, adapters, run_config)
+        apply_adapter_patches(model)
     upcast_trainable(model)
     if run_config.methods.neftune_noise_alpha:
         from tunery.model.neftune import enable_neftune
