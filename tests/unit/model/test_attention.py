@@ -7,7 +7,13 @@ from transformers import AutoModelForCausalLM, LlamaConfig, Qwen2Config
 from transformers.masking_utils import create_causal_mask
 
 from tunery.data.collate import collate_flat, collate_padded
-from tunery.model.attention import ATTENTION_NAME, attend_one, enable_varlen_attention
+from tunery.model.attention import (
+    ATTENTION_NAME,
+    CPU_BF16_UPCAST_MAX_TOKENS,
+    attend_one,
+    causal_sdpa,
+    enable_varlen_attention,
+)
 
 LENGTHS = [7, 12, 5]
 
@@ -173,3 +179,17 @@ def test_window_and_softcap_match_an_explicit_reference(window, softcap):
     allowed = (i[:, None] >= i[None, :]) & ((i[:, None] - i[None, :]) < (window or 99))
     want = scores.masked_fill(~allowed, float("-inf")).softmax(-1) @ vv
     assert (got - want).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("length", [CPU_BF16_UPCAST_MAX_TOKENS, CPU_BF16_UPCAST_MAX_TOKENS + 1])
+def test_short_bf16_examples_are_attended_in_fp32_long_ones_in_bf16(length):
+    torch.manual_seed(0)
+    q = torch.randn(1, 4, length, 8).bfloat16().requires_grad_()
+    k, v = (torch.randn(1, 2, length, 8).bfloat16().requires_grad_() for _ in range(2))
+    out = causal_sdpa(q, k, v, 0.0, None)
+    out.float().sum().backward()
+    assert out.dtype == q.grad.dtype == k.grad.dtype == torch.bfloat16
+    in_fp32 = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, enable_gqa=True)
+    in_bf16 = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    expected = in_fp32.bfloat16() if length <= CPU_BF16_UPCAST_MAX_TOKENS else in_bf16
+    assert torch.equal(out, expected)
