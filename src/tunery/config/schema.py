@@ -247,7 +247,8 @@ class TrainingArgs(Section):
             "Run each flattened batch as forward/backward passes of at most this many tokens "
             "(whole examples; gradients are identical, activation memory is capped; a single "
             "longer example recomputes part of its layers in backward to stay near the cap). "
-            "Default: 512 on the CPU, where memory rather than speed is short; 0 = no cap."
+            "Default on the CPU, where memory rather than speed is short: 512 (fp32) or 1024 (bf16); "
+            "0 = no cap."
         ),
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")

@@ -74,10 +74,13 @@ def test_checkpoint_interval_keeps_about_a_capped_pass_worth_of_layers():
     assert checkpoint_interval(5000, 512) == 1
 
 
-def test_forward_cap_defaults_to_512_on_cpu_and_none_elsewhere(tmp_path):
+def test_forward_cap_defaults_to_512_fp32_or_1024_bf16_tokens_on_cpu_and_none_elsewhere(tmp_path):
     args = make_config(tmp_path).training
     assert forward_token_cap(args, torch.device("cpu")) == 512
     assert forward_token_cap(args, torch.device("cuda")) == 0
+    bf16 = make_config(tmp_path, bf16=True).training
+    assert forward_token_cap(bf16, torch.device("cpu")) == 1024  # half the bytes per activation
+    assert forward_token_cap(bf16, torch.device("cuda")) == 0
     args = make_config(tmp_path, max_tokens_per_forward=0).training
     assert forward_token_cap(args, torch.device("cpu")) == 0
 
