@@ -7,7 +7,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from tunery.model.patches import lora_linear
+from tunery.model.patches import lora_linear, swiglu
 
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -61,6 +61,23 @@ def test_fused_lora_gives_peft_loss_and_gradients_in_fp32_and_keeps_no_more():
     for name, grad in grads_stock.items():
         torch.testing.assert_close(grads_fused[name], grad, rtol=1e-5, atol=1e-6, msg=name)
     assert saved_fused <= saved_stock  # what it saves is x and the rank-r x Aᵀ, as PEFT's nodes do
+
+
+def test_a_swiglu_mlp_with_a_fused_down_projection_recomputes_its_product():
+    stock = tiny_lora()
+    fused_linear = copy.deepcopy(stock)
+    lora_linear.apply(fused_linear)
+    fused_mlp = copy.deepcopy(stock)
+    assert swiglu.apply(fused_mlp) == 2 and lora_linear.apply(fused_mlp) == 2 * len(TARGETS)
+    loss_stock, grads_stock, _ = loss_and_grads(stock, IDS)
+    _, _, saved_linear = loss_and_grads(fused_linear, IDS)
+    loss_mlp, grads_mlp, saved_mlp = loss_and_grads(fused_mlp, IDS)
+    torch.testing.assert_close(loss_mlp, loss_stock, rtol=1e-6, atol=1e-6)
+    for name, grad in grads_stock.items():
+        torch.testing.assert_close(grads_mlp[name], grad, rtol=1e-5, atol=1e-6, msg=name)
+    # per layer, the swiglu patch alone drops SiLU's output; the product is not kept either
+    tokens, intermediate, layers = IDS.numel(), 64, 2
+    assert saved_linear - saved_mlp == 2 * layers * tokens * intermediate * 4
 
 
 def test_fused_lora_under_bf16_autocast_stays_close_and_keeps_fp32_gradients():

@@ -8,7 +8,9 @@ saved activations. ``SiluMul`` saves only the gate and the up projection and
 recomputes SiLU in backward (one cheap elementwise pass), so a quarter of the MLP's
 saved activations disappears. Forward and gradients are bit-identical: the
 backward uses the same ATen kernels (``silu``, ``silu_backward``, ``mul``) that
-autograd would.
+autograd would. When LoRA wraps ``down_proj`` (and ``lora_linear`` fused it), the
+product is not saved at all but recomputed in backward
+(``lora_linear.silu_mul_down``): another quarter of the MLP's saved activations.
 
 What: ``apply(model)`` swaps the ``forward`` of each MLP *instance* in the model
 whose class is one of ``MLP_CLASSES`` (their forward is exactly the line above in
@@ -23,6 +25,8 @@ import torch
 import torch.nn.functional as F
 import transformers
 from packaging.version import Version
+
+from tunery.model.patches import lora_linear
 
 NAME = "swiglu"
 # transformers versions whose MLP_CLASSES forward is `down_proj(act_fn(gate_proj(x)) * up_proj(x))`
@@ -55,7 +59,10 @@ class SiluMul(torch.autograd.Function):
 
 
 def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(SiluMul.apply(self.gate_proj(x), self.up_proj(x)))
+    gate, up = self.gate_proj(x), self.up_proj(x)
+    # a fused LoRA down projection also recomputes the product instead of saving it
+    fused = lora_linear.silu_mul_down(self.down_proj, gate, up)
+    return fused if fused is not None else self.down_proj(SiluMul.apply(gate, up))
 
 
 def supported(version: str = transformers.__version__) -> bool:
