@@ -143,6 +143,14 @@ def test_error_line_prefers_tunery_errors_then_tracebacks():
 
 
 
+def wait_for_command_line(pid: int, timeout: float = 10.0) -> None:
+    """Popen returns once exec has begun; Linux fills in the new command line a moment later
+    (reading it in between gives b''). A real supervisor is checked this way only long after."""
+    deadline = time.monotonic() + timeout
+    while not Path(f"/proc/{pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def test_a_job_that_wrote_its_status_is_not_signalled_while_its_supervisor_exits(tmp_path):
     # the window between the supervisor writing status.json and exiting: a stand-in process
     # whose command line names the status file, as the real supervisor's does
@@ -155,6 +163,7 @@ def test_a_job_that_wrote_its_status_is_not_signalled_while_its_supervisor_exits
     stand_in = [sys.executable, "-c", "import time; time.sleep(30)", str(status_path.resolve())]
     supervisor = subprocess.Popen(stand_in)
     try:
+        wait_for_command_line(supervisor.pid)
         job.pid = supervisor.pid
         registry.add(job)
         assert job_state(registry, job).running
