@@ -39,7 +39,7 @@ from torch import nn
 NAME = "lora_linear"
 # PEFT versions whose lora.Linear.forward is, for one vanilla adapter,
 # `base_layer(x) + lora_B(lora_A(dropout(x))) * scaling` with variants in `lora_variant`
-SUPPORTED = (Version("0.15.0"), Version("1.0.0"))
+SUPPORTED = (Version("0.21.0"), Version("1.0.0"))  # checked against 0.21; older ones go unpatched
 
 
 def lora_forward(flat, weight, bias, a, b, scaling: float) -> tuple[torch.Tensor, torch.Tensor]:
