@@ -152,7 +152,8 @@ def causal_sdpa(
 ) -> torch.Tensor:
     """Causal SDPA over one sequence (GQA by SDPA itself), in fp32 where that is faster."""
     gqa = k.shape[1] != q.shape[1]
-    bf16 = q.dtype == torch.bfloat16 or torch.is_autocast_enabled("cpu")
+    autocast_bf16 = torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+    bf16 = q.dtype == torch.bfloat16 or autocast_bf16
     if q.device.type != "cpu" or not bf16 or q.shape[2] > CPU_BF16_UPCAST_MAX_TOKENS:
         return F.scaled_dot_product_attention(
             q, k, v, dropout_p=dropout, scale=scaling, is_causal=True, enable_gqa=gqa

@@ -32,7 +32,7 @@ from tunery.config.schema import TrainingArgs
 
 # fp32 tokens per pass on the CPU; bf16 activations take half the bytes, so bf16 passes take twice
 # the tokens for about the same memory (SFT benchmark: fp32 512 tokens 2094 MB; bf16 1024 tokens
-# 1999 MB, 31.9 s against 36.5 s with 512-token passes: fewer, larger passes waste less per op).
+# 1999 MB, 31.9 s against 36.6 s with 512-token passes: fewer, larger passes waste less per op).
 CPU_TOKENS_PER_FORWARD = 512
 
 

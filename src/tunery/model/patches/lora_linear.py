@@ -15,9 +15,9 @@ In fp32 the result equals PEFT's to rounding. Under autocast (bf16 on the CPU, b
 fp16 on a GPU) the adapter's matmuls run in the autocast dtype, as autocast runs
 PEFT's; the master LoRA weights and their gradients stay in their own dtype (fp32).
 
-A SwiGLU MLP patched by ``tunery.model.patches.swiglu`` whose down projection is fused
-goes one step further (``silu_mul_down``): ``SiluMulLoraLinearFunction`` recomputes the
-down projection's input ``silu(gate) * up`` in backward instead of saving it.
+``lora_forward``/``lora_backward`` are shared with ``tunery.model.patches.swiglu``, whose
+MLP goes one step further when its down projection is fused: it recomputes the down
+projection's input ``silu(gate) * up`` in backward instead of saving it.
 
 What: ``apply(model)`` swaps the ``forward`` of each LoRA ``Linear`` *instance* of a
 PEFT model. A call that is not the plain case goes to PEFT's own forward, decided per
@@ -91,38 +91,6 @@ class LoraLinearFunction(torch.autograd.Function):
         return None if grad_x is None else grad_x.view(ctx.shape), None, None, grad_a, grad_b, None
 
 
-class SiluMulLoraLinearFunction(torch.autograd.Function):
-    """``down(silu(gate) * up)`` for a fused-LoRA ``down``, recomputing the product in backward.
-
-    A SwiGLU MLP's down projection would save its input, ``silu(gate) * up``, beside the
-    gate and up projections the SiLU's backward keeps anyway: a third ``tokens x
-    intermediate`` tensor per layer (a sixth of a small model's saved activations). The
-    product costs one elementwise pass to redo.
-    """
-
-    @staticmethod
-    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling: float):
-        remember(ctx, lora_a, lora_b, scaling, gate.shape)
-        a, b = lora_a.to(gate.dtype), lora_b.to(gate.dtype)
-        product = (F.silu(gate) * up).reshape(-1, gate.shape[-1])
-        out, hidden = lora_forward(product, weight, bias, a, b, scaling)
-        ctx.save_for_backward(gate, up, weight, a, b, hidden)
-        return out.view(*gate.shape[:-1], out.shape[-1])
-
-    @staticmethod
-    def backward(ctx, grad_out):
-        gate, up, weight, a, b, hidden = ctx.saved_tensors
-        with torch.autocast(gate.device.type, enabled=False):
-            activated = F.silu(gate)
-            product = (activated * up).reshape(-1, gate.shape[-1])
-            grad_product, grad_a, grad_b = lora_backward(ctx, grad_out, product, weight, a, b, hidden, True)
-            grad_product = grad_product.view(ctx.shape)
-            # the same ATen chain autograd runs for silu(gate) * up
-            grad_gate = torch.ops.aten.silu_backward(grad_product * up, gate)
-            grad_up = grad_product * activated
-        return grad_gate, grad_up, None, None, grad_a, grad_b, None
-
-
 def plain_adapter(layer: LoraLinear, x: torch.Tensor, args: tuple, kwargs: dict) -> str | None:
     """The one vanilla adapter this call can fuse, or None when PEFT's forward must run."""
     if args or kwargs or layer.disable_adapters or layer.merged or layer.fan_in_fan_out:
@@ -161,19 +129,10 @@ def fused_forward(self: LoraLinear, x: torch.Tensor, *args, **kwargs) -> torch.T
         return LoraLinearFunction.apply(x.to(dtype), *frozen_and_adapter(self, name, dtype))
 
 
-def silu_mul_down(down: nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
-    """``down(silu(gate) * up)`` through ``SiluMulLoraLinearFunction``, or None when ``down`` is
-    not a fused LoRA layer this call can take (the caller then runs the plain path)."""
-    if not isinstance(down, LoraLinear) or vars(down).get("forward") is None:
-        return None
-    name = plain_adapter(down, gate, (), {})
-    if name is None:
-        return None
-    dtype = compute_dtype(gate)
-    with torch.autocast(gate.device.type, enabled=False):
-        return SiluMulLoraLinearFunction.apply(
-            gate.to(dtype), up.to(dtype), *frozen_and_adapter(down, name, dtype)
-        )
+def is_fused(layer: nn.Module) -> bool:
+    """Whether ``apply`` fused this layer (its instance ``forward`` is ``fused_forward``)."""
+    forward = vars(layer).get("forward")
+    return isinstance(layer, LoraLinear) and getattr(forward, "__func__", None) is fused_forward
 
 
 def frozen_and_adapter(layer: LoraLinear, name: str, dtype: torch.dtype) -> tuple:

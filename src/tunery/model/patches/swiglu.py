@@ -10,7 +10,7 @@ saved activations disappears. Forward and gradients are bit-identical: the
 backward uses the same ATen kernels (``silu``, ``silu_backward``, ``mul``) that
 autograd would. When LoRA wraps ``down_proj`` (and ``lora_linear`` fused it), the
 product is not saved at all but recomputed in backward
-(``lora_linear.silu_mul_down``): another quarter of the MLP's saved activations.
+(``SiluMulLoraDown``): another quarter of the MLP's saved activations.
 
 What: ``apply(model)`` swaps the ``forward`` of each MLP *instance* in the model
 whose class is one of ``MLP_CLASSES`` (their forward is exactly the line above in
@@ -38,6 +38,14 @@ MLP_CLASSES = frozenset({
 SILU_NAMES = frozenset({"SiLU", "SiLUActivation"})
 
 
+def silu_mul_grads(grad, gate, up, need_gate: bool = True, need_up: bool = True):
+    """Gradients of ``silu(gate) * up`` by the ATen chain autograd runs: ``grad * up`` then
+    ``silu_backward`` for the gate, ``grad * silu(gate)`` for up."""
+    grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if need_gate else None
+    grad_up = grad * F.silu(gate) if need_up else None
+    return grad_gate, grad_up
+
+
 class SiluMul(torch.autograd.Function):
     """``silu(gate) * up``, saving only ``gate`` and ``up`` for backward."""
 
@@ -49,19 +57,57 @@ class SiluMul(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         gate, up = ctx.saved_tensors
-        grad_gate = grad_up = None
-        if ctx.needs_input_grad[0]:
-            # autograd's chain: d(silu(g) * u)/d silu = grad * u, then silu_backward
-            grad_gate = torch.ops.aten.silu_backward(grad * up, gate)
-        if ctx.needs_input_grad[1]:
-            grad_up = grad * F.silu(gate)
-        return grad_gate, grad_up
+        return silu_mul_grads(grad, gate, up, *ctx.needs_input_grad)
+
+
+class SiluMulLoraDown(torch.autograd.Function):
+    """``down(silu(gate) * up)`` for a fused-LoRA ``down``, recomputing the product in backward.
+
+    The down projection would save its input, ``silu(gate) * up``, beside the gate and up
+    projections that the SiLU's backward keeps anyway: a third ``tokens x intermediate``
+    tensor per layer. Redoing the product costs one elementwise pass.
+    """
+
+    @staticmethod
+    def forward(ctx, gate, up, weight, bias, lora_a, lora_b, scaling: float):
+        lora_linear.remember(ctx, lora_a, lora_b, scaling, gate.shape)
+        a, b = lora_a.to(gate.dtype), lora_b.to(gate.dtype)
+        product = (F.silu(gate) * up).reshape(-1, gate.shape[-1])
+        out, hidden = lora_linear.lora_forward(product, weight, bias, a, b, scaling)
+        ctx.save_for_backward(gate, up, weight, a, b, hidden)
+        return out.view(*gate.shape[:-1], out.shape[-1])
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        gate, up, weight, a, b, hidden = ctx.saved_tensors
+        with torch.autocast(gate.device.type, enabled=False):
+            product = (F.silu(gate) * up).reshape(-1, gate.shape[-1])
+            grad_product, grad_a, grad_b = lora_linear.lora_backward(
+                ctx, grad_out, product, weight, a, b, hidden, need_x=True
+            )
+            grad_gate, grad_up = silu_mul_grads(grad_product.view(ctx.shape), gate, up)
+        return grad_gate, grad_up, None, None, grad_a, grad_b, None
+
+
+def lora_down(down: torch.nn.Module, gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor | None:
+    """``down(silu(gate) * up)`` through ``SiluMulLoraDown``, or None when ``down`` is not a
+    fused LoRA layer that this call can take (the caller then runs the plain path)."""
+    if not lora_linear.is_fused(down):
+        return None
+    name = lora_linear.plain_adapter(down, gate, (), {})
+    if name is None:
+        return None
+    dtype = lora_linear.compute_dtype(gate)
+    with torch.autocast(gate.device.type, enabled=False):  # the function chooses its dtypes
+        return SiluMulLoraDown.apply(
+            gate.to(dtype), up.to(dtype), *lora_linear.frozen_and_adapter(down, name, dtype)
+        )
 
 
 def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
     gate, up = self.gate_proj(x), self.up_proj(x)
     # a fused LoRA down projection also recomputes the product instead of saving it
-    fused = lora_linear.silu_mul_down(self.down_proj, gate, up)
+    fused = lora_down(self.down_proj, gate, up)
     return fused if fused is not None else self.down_proj(SiluMul.apply(gate, up))
 
 
