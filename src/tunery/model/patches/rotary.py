@@ -1,0 +1,110 @@
+"""Rotary position embedding as one autograd node per tensor: no temporaries, nothing big saved.
+
+Why: transformers applies RoPE as ``q * cos + rotate_half(q) * sin`` where
+``rotate_half`` slices, negates and concatenates. For the query and the key of every
+layer that is six kernels and four temporaries in forward, and in backward about ten
+kernels, including ``slice_backward``'s zero-filled full-size copies: ~6 % of an fp32
+CPU training step, and temporaries that fragment the C heap. ``RotaryFunction`` writes
+each half of the output directly (with ``rotate_half(x) = [-x₂, x₁]``)::
+
+    y₁ = x₁ cos₁ - x₂ sin₁        dx₁ = g₁ cos₁ + g₂ sin₂
+    y₂ = x₂ cos₂ + x₁ sin₂        dx₂ = g₂ cos₂ - g₁ sin₁
+
+and saves only ``cos`` and ``sin``, which every layer shares. Each product is rounded
+before the sum, as in transformers' expression, so forward and backward are bit for bit
+transformers' (in fp32 and bf16; tested): a model trained with the patch runs the same in
+the stock code, quantized bases included, whose rounding of activations can amplify a
+one-ulp difference.
+
+What: ``apply(model)`` swaps the ``forward`` of each attention *instance* whose class is
+in ``ATTENTION_CLASSES``: classes whose forward and ``apply_rotary_pos_emb`` are, in the
+gated transformers versions, Llama's line for line (a test checks the source). The new
+forward is the same code with the rotation swapped; a call with a KV cache
+(generation) runs the stock forward. Nothing global changes. Version-gated on transformers.
+"""
+
+import sys
+import types
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+NAME = "rotary"
+SUPPORTED = (Version("5.0.0"), Version("6.0.0"))
+ATTENTION_CLASSES = frozenset({"LlamaAttention", "GraniteAttention", "GemmaAttention", "ArceeAttention"})
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
+    """``x cos + sign * rotate_half(x) sin`` half by half, into a new contiguous tensor.
+
+    ``sign = -1`` with the halves of ``sin`` swapped is the transposed rotation (the backward).
+    """
+    half = x.shape[-1] // 2
+    out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
+    first, second = x[..., :half], x[..., half:]
+    out_first, out_second = out[..., :half], out[..., half:]
+    # products rounded one by one, then summed, as transformers' code rounds them (an
+    # addcmul could fuse them): the result is bit for bit transformers'
+    torch.mul(first, cos[..., :half], out=out_first).add_(second * sin[..., :half], alpha=sign)
+    torch.mul(second, cos[..., half:], out=out_second).add_(first * sin[..., half:], alpha=-sign)
+    return out
+
+
+class RotaryFunction(torch.autograd.Function):
+    """``x * cos + rotate_half(x) * sin`` (transformers' ``apply_rotary_pos_emb`` for one tensor)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(cos, sin)
+        ctx.x_dtype = x.dtype
+        return rotate(x, cos, sin, sign=-1.0)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        cos, sin = ctx.saved_tensors
+        swapped = sin.roll(sin.shape[-1] // 2, dims=-1)  # [sin₂, sin₁]: the transpose's coefficients
+        return rotate(grad, cos, swapped, sign=1.0).to(ctx.x_dtype), None, None
+
+
+def fused_forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
+    """Llama's attention forward with ``RotaryFunction`` in place of ``apply_rotary_pos_emb``."""
+    if cache is not None or kwargs.get("past_key_values") is not None or position_embeddings is None:
+        return type(self).forward(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
+    input_shape = hidden_states.shape[:-1]
+    hidden_shape = (*input_shape, -1, self.head_dim)
+    query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    cos, sin = (part.unsqueeze(1) for part in position_embeddings)
+    query, key = RotaryFunction.apply(query, cos, sin), RotaryFunction.apply(key, cos, sin)
+    attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention(self))
+    output, weights = attention(
+        self, query, key, value, attention_mask,
+        dropout=0.0 if not self.training else self.attention_dropout, scaling=self.scaling, **kwargs,
+    )
+    output = output.reshape(*input_shape, -1).contiguous()
+    return self.o_proj(output), weights
+
+
+def eager_attention(module: torch.nn.Module):
+    """The eager attention function of ``module``'s own modeling file (the stock fallback)."""
+    return sys.modules[type(module).__module__].eager_attention_forward
+
+
+def supported(version: str = transformers.__version__) -> bool:
+    low, high = SUPPORTED
+    return low <= Version(version) < high
+
+
+def apply(model: torch.nn.Module) -> int:
+    """Fuse the rotary embedding of every matching attention layer; returns how many were patched."""
+    if not supported():
+        return 0
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in ATTENTION_CLASSES and "forward" not in vars(module):
+            module.forward = types.MethodType(fused_forward, module)
+            count += 1
+    return count
