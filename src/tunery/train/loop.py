@@ -32,13 +32,13 @@ from tunery.train.callbacks import Reporter, build_log_entry, plot_metric, save_
 from tunery.train.interrupt import StopRequest, stop_on_signal
 from tunery.train.layerwise import LayerwiseOptimizer
 from tunery.train.memory import (
+    HeapReleaser,
     checkpoint_interval,
     cpu_autocast,
     enable_gradient_checkpointing,
     forward_token_cap,
     peft_autocast_inputs,
     recomputing_activations,
-    release_free_memory,
     supports_checkpointing,
 )
 from tunery.train.schedule import create_optimizer, create_scheduler
@@ -157,6 +157,7 @@ class TrainLoop:
         self.scheduler = create_scheduler(optimizer, self.args, self.state.total_steps)
         self.module, self.optimizer = acc.prepare(StageModule(model, stage), optimizer)
         self.max_tokens_per_forward = forward_token_cap(self.args, acc.device)
+        self.heap = HeapReleaser(acc.device, self.args.heap_release, self.args.bf16 or self.args.fp16)
         self.pending_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
         self.last_grad_norm: torch.Tensor | None = None
 
@@ -328,7 +329,7 @@ class TrainLoop:
                     acc.backward(loss_sum * (scale * weight))
             step_loss += loss_sum.detach().double() * weight
             del loss_sum
-            release_free_memory(acc.device)
+            self.heap.after_pass()
         return loss_tokens, input_tokens, step_loss
 
     def recomputing_if_oversized(self, piece: dict):

@@ -130,6 +130,46 @@ def test_release_free_memory_returns_freed_heap_pages():
     assert memory.resident_bytes() < before - 100 * 2**20
 
 
+class CountingLibc:
+    def __init__(self):
+        self.trims = 0
+
+    def malloc_trim(self, pad):
+        self.trims += 1
+
+
+def test_heap_releaser_trims_after_a_pass_that_raised_the_peak_or_after_every_pass(monkeypatch):
+    libc = CountingLibc()
+    monkeypatch.setattr(memory, "LIBC", libc)
+    peaks = iter([100, 200, 200, 200, 300, 300])
+    monkeypatch.setattr(memory, "peak_resident_bytes", lambda: next(peaks))
+    releaser = memory.HeapReleaser(torch.device("cpu"), "on_new_peak")
+    trims_after_each_pass = []
+    for _ in range(6):
+        releaser.after_pass()
+        trims_after_each_pass.append(libc.trims)
+    assert trims_after_each_pass == [1, 2, 2, 2, 3, 3]  # the first pass, 100 -> 200, 200 -> 300
+
+    every = memory.HeapReleaser(torch.device("cpu"), "every_pass")
+    monkeypatch.setattr(memory, "peak_resident_bytes", lambda: 300)
+    for _ in range(4):
+        every.after_pass()
+    assert libc.trims == 3 + 4
+
+
+def test_heap_releaser_auto_policy_is_on_new_peak_in_fp32_and_every_pass_in_half_precision():
+    assert not memory.HeapReleaser(torch.device("cpu"), "auto", half_precision=False).every_pass
+    assert memory.HeapReleaser(torch.device("cpu"), "auto", half_precision=True).every_pass
+
+
+def test_heap_releaser_does_nothing_off_the_cpu(monkeypatch):
+    libc = CountingLibc()
+    monkeypatch.setattr(memory, "LIBC", libc)
+    releaser = memory.HeapReleaser(torch.device("meta"), "every_pass")
+    releaser.after_pass()
+    assert libc.trims == 0
+
+
 def test_onednn_cache_is_bounded_unless_the_user_chose_a_size(monkeypatch):
     monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
     memory.bound_onednn_cache()
