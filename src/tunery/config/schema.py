@@ -247,8 +247,8 @@ class TrainingArgs(Section):
             "Run each flattened batch as forward/backward passes of at most this many tokens "
             "(whole examples; gradients are identical, activation memory is capped; a single "
             "longer example recomputes part of its layers in backward to stay near the cap). "
-            "Default on the CPU, where memory rather than speed is short: 512 (fp32) or 1024 (bf16); "
-            "0 = no cap."
+            "Default on the CPU, where memory rather than speed is short: 512 (fp32) or 1024 (bf16), "
+            "twice that for the pair stages (rm, dpo, kto), whose pairs cannot be split; 0 = no cap."
         ),
     )
     heap_release: Literal["auto", "on_new_peak", "every_pass"] = Field(

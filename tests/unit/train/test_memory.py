@@ -81,8 +81,19 @@ def test_forward_cap_defaults_to_512_fp32_or_1024_bf16_tokens_on_cpu_and_none_el
     bf16 = make_config(tmp_path, bf16=True).training
     assert forward_token_cap(bf16, torch.device("cpu")) == 1024  # half the bytes per activation
     assert forward_token_cap(bf16, torch.device("cuda")) == 0
+    assert forward_token_cap(args, torch.device("cpu"), paired=True) == 1024  # pairs cannot be split
+    assert forward_token_cap(bf16, torch.device("cpu"), paired=True) == 2048
+    assert forward_token_cap(bf16, torch.device("cuda"), paired=True) == 0
     args = make_config(tmp_path, max_tokens_per_forward=0).training
     assert forward_token_cap(args, torch.device("cpu")) == 0
+    assert forward_token_cap(args, torch.device("cpu"), paired=True) == 0
+
+
+def test_only_the_pair_stages_double_the_cap():
+    from tunery.train.stages import STAGES
+
+    paired = {name for name in STAGES.names() if STAGES.get(name).paired_passes}
+    assert paired == {"rm", "dpo", "kto"}
 
 
 def test_bf16_on_cpu_autocasts_and_keeps_lora_weights_fp32(tmp_path):

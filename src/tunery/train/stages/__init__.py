@@ -30,6 +30,9 @@ class Stage(ABC):
     # True when collate() flattens a batch into one row with per-example attention;
     # run.choose_batching enables that attention, or turns this off for models without it.
     flat_batches: ClassVar[bool] = False
+    # True when a forward pass holds whole preference pairs (they cannot be split), which
+    # doubles the CPU's default token cap (train.memory.forward_token_cap)
+    paired_passes: ClassVar[bool] = False
 
     def __init__(self, config: "RunConfig", tokenizer: Any = None):
         self.config = config

@@ -57,6 +57,7 @@ class PairedStage(Stage):
     """Rows of two examples; the loss is a mean over rows (pairs)."""
 
     flat_batches = True
+    paired_passes = True
 
     def __init__(self, config, tokenizer=None):
         super().__init__(config, tokenizer)
