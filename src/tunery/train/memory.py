@@ -126,20 +126,24 @@ class HeapReleaser:
 
     Every release costs time twice: ``malloc_trim`` walks the heap, and the next pass faults
     every page it touches back in, zero-filled by the kernel (measured on the fp32 SFT
-    benchmark: 6-7 s of a 50 s run, releasing after each of its 39 passes). Kept, those
+    benchmark: 7 s of system time in a 50 s run, releasing after each of its 39 passes). Kept, those
     pages serve the next pass at no cost; what they waste is what fragmentation leaves
     unusable. ``on_new_peak`` releases only after a pass that raised the process's peak
     resident size, which is when fragmentation has started to cost memory: 4-5 releases
-    over the same run, 13 % faster, at a peak ~200 MB higher (SmolLM2-135M). ``every_pass``
-    keeps the lowest peak. ``auto`` is ``on_new_peak`` in fp32 and ``every_pass`` in bf16/fp16,
-    where the bf16 benchmark ran no faster with fewer releases (30.3 s either way: half the
-    bytes per token, and passes of twice the tokens) but peaked 120 MB higher.
+    over the same run, 8 % faster (47.7 s against 51.6 s of wall time, median of 3 pairs),
+    at a peak ~210 MB higher (2097 against 1885 MB; SmolLM2-135M). ``every_pass``
+    keeps the lowest peak. ``auto`` is ``on_new_peak`` for fp32 passes of examples and
+    ``every_pass`` otherwise: the bf16 SFT benchmark ran no faster with fewer releases (30.3 s
+    either way, half the bytes per token) but peaked 120 MB higher, and DPO's passes of
+    pairs, twice as large, peaked 250 MB higher for 7 % (81.6 s at 2.93 GB against 87.6 s
+    at 2.68 GB), too close to the memory budget.
     """
 
-    def __init__(self, device: torch.device, policy: str = "auto", half_precision: bool = False):
+    def __init__(self, device: torch.device, policy: str = "auto", half_precision: bool = False,
+                 paired: bool = False):
         self.active = device.type == "cpu" and LIBC is not None
         if policy == "auto":
-            policy = "every_pass" if half_precision else "on_new_peak"
+            policy = "every_pass" if half_precision or paired else "on_new_peak"
         self.every_pass = policy == "every_pass"
         self.peak = 0
 
