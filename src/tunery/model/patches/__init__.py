@@ -2,7 +2,8 @@
 
 ``apply_training_patches`` is called from ``tunery.model.load`` and
 ``apply_adapter_patches`` from ``tunery.model.adapters`` (once PEFT has wrapped the
-model); each patch changes the model's instances, never a library's classes.
+model); each patch changes the model's instances, never a library's classes (the shared
+version gate and instance swap live in ``instances``).
 """
 
 import logging

@@ -36,6 +36,8 @@ from packaging.version import Version
 from peft.tuners.lora.layer import Linear as LoraLinear
 from torch import nn
 
+from tunery.model.patches.instances import in_range
+
 NAME = "lora_linear"
 # PEFT versions whose lora.Linear.forward is, for one vanilla adapter,
 # `base_layer(x) + lora_B(lora_A(dropout(x))) * scaling` with variants in `lora_variant`
@@ -144,8 +146,7 @@ def frozen_and_adapter(layer: LoraLinear, name: str, dtype: torch.dtype) -> tupl
 
 
 def supported(version: str = peft.__version__) -> bool:
-    low, high = SUPPORTED
-    return low <= Version(version) < high
+    return in_range(version, SUPPORTED)
 
 
 def apply(model: nn.Module) -> int:

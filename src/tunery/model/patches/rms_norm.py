@@ -18,11 +18,12 @@ Llama's line for line (a test checks the source). Gemma's ``(1 + w)`` norm is no
 of them. Nothing global changes. Version-gated on transformers.
 """
 
-import types
 
 import torch
 import transformers
 from packaging.version import Version
+
+from tunery.model.patches.instances import in_range, swap_forward
 
 NAME = "rms_norm"
 SUPPORTED = (Version("5.0.0"), Version("6.0.0"))
@@ -72,17 +73,11 @@ def fused_forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
 
 
 def supported(version: str = transformers.__version__) -> bool:
-    low, high = SUPPORTED
-    return low <= Version(version) < high
+    return in_range(version, SUPPORTED)
 
 
 def apply(model: torch.nn.Module) -> int:
     """Fuse every matching RMSNorm in ``model``; returns how many were patched."""
     if not supported():
         return 0
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ in NORM_CLASSES and "forward" not in vars(module):
-            module.forward = types.MethodType(fused_forward, module)
-            count += 1
-    return count
+    return swap_forward(model, lambda module: type(module).__name__ in NORM_CLASSES, fused_forward)

@@ -24,12 +24,13 @@ forward is the same code with the rotation swapped; a call with a KV cache
 """
 
 import sys
-import types
 
 import torch
 import transformers
 from packaging.version import Version
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from tunery.model.patches.instances import in_range, swap_forward
 
 NAME = "rotary"
 SUPPORTED = (Version("5.0.0"), Version("6.0.0"))
@@ -94,17 +95,11 @@ def eager_attention(module: torch.nn.Module):
 
 
 def supported(version: str = transformers.__version__) -> bool:
-    low, high = SUPPORTED
-    return low <= Version(version) < high
+    return in_range(version, SUPPORTED)
 
 
 def apply(model: torch.nn.Module) -> int:
     """Fuse the rotary embedding of every matching attention layer; returns how many were patched."""
     if not supported():
         return 0
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ in ATTENTION_CLASSES and "forward" not in vars(module):
-            module.forward = types.MethodType(fused_forward, module)
-            count += 1
-    return count
+    return swap_forward(model, lambda module: type(module).__name__ in ATTENTION_CLASSES, fused_forward)

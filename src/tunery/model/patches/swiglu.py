@@ -19,7 +19,6 @@ changes; other models in the process keep the stock code. Version-gated: a
 transformers release outside ``SUPPORTED`` leaves the model untouched.
 """
 
-import types
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +26,7 @@ import transformers
 from packaging.version import Version
 
 from tunery.model.patches import lora_linear
+from tunery.model.patches.instances import in_range, swap_forward
 
 NAME = "swiglu"
 # transformers versions whose MLP_CLASSES forward is `down_proj(act_fn(gate_proj(x)) * up_proj(x))`
@@ -112,8 +112,7 @@ def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
 
 
 def supported(version: str = transformers.__version__) -> bool:
-    low, high = SUPPORTED
-    return low <= Version(version) < high
+    return in_range(version, SUPPORTED)
 
 
 def is_swiglu_mlp(module: torch.nn.Module) -> bool:
@@ -127,9 +126,4 @@ def apply(model: torch.nn.Module) -> int:
     """Fuse the SwiGLU of every matching MLP in ``model``; returns how many were patched."""
     if not supported():
         return 0
-    count = 0
-    for module in model.modules():
-        if is_swiglu_mlp(module) and "forward" not in vars(module):
-            module.forward = types.MethodType(fused_forward, module)
-            count += 1
-    return count
+    return swap_forward(model, is_swiglu_mlp, fused_forward)
