@@ -45,8 +45,8 @@ def forward_token_cap(args: TrainingArgs, device: torch.device, paired: bool = F
     fp32), and on the CPU memory, not parallelism, is what runs out: such passes keep
     the matmuls large enough to run at full speed while bounding the peak. A pair cannot be
     split, and one over the cap recomputes layers in backward: at 512 tokens most pairs of
-    ``dpo_en_demo`` (cutoff 512) did; with 1024 the DPO benchmark ran 100 -> 84 s at a peak
-    of 2.7 GB, 55 % of LLaMA-Factory's. GPUs default to no cap (bigger passes use them
+    ``dpo_en_demo`` (cutoff 512) did; with 1024 the DPO benchmark ran in 88 s instead of
+    100-106 s, at a peak of 2.7 GB, 54 % of LLaMA-Factory's. GPUs default to no cap (bigger passes use them
     better; set the key when memory is short).
     """
     if args.max_tokens_per_forward is not None:
@@ -126,8 +126,8 @@ class HeapReleaser:
 
     Every release costs time twice: ``malloc_trim`` walks the heap, and the next pass faults
     every page it touches back in, zero-filled by the kernel (measured on the fp32 SFT
-    benchmark: 7 s of system time in a 50 s run, releasing after each of its 39 passes). Kept, those
-    pages serve the next pass at no cost; what they waste is what fragmentation leaves
+    benchmark: 7 s of system time in a 50 s run, releasing after each of its 39 passes).
+    Kept, those pages serve the next pass at no cost; what they waste is what fragmentation leaves
     unusable. ``on_new_peak`` releases only after a pass that raised the process's peak
     resident size, which is when fragmentation has started to cost memory: 4-5 releases
     over the same run, 8 % faster (47.7 s against 51.6 s of wall time, median of 3 pairs),
