@@ -37,10 +37,12 @@ SUPPORTED = (Version("5.0.0"), Version("6.0.0"))
 ATTENTION_CLASSES = frozenset({"LlamaAttention", "GraniteAttention", "GemmaAttention", "ArceeAttention"})
 
 
-def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -> torch.Tensor:
-    """``x cos + sign * rotate_half(x) sin`` half by half, into a new contiguous tensor.
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin_first: torch.Tensor, sin_second: torch.Tensor,
+           sign: float) -> torch.Tensor:
+    """``[x₁ cos₁ + sign x₂ s₁,  x₂ cos₂ - sign x₁ s₂]`` into a new contiguous tensor.
 
-    ``sign = -1`` with the halves of ``sin`` swapped is the transposed rotation (the backward).
+    With ``(s₁, s₂)`` the halves of ``sin`` and ``sign = -1`` this is the rotation; with the
+    halves swapped and ``sign = 1`` it is its transpose (the backward).
     """
     half = x.shape[-1] // 2
     out = torch.empty(x.shape, dtype=torch.promote_types(x.dtype, cos.dtype), device=x.device)
@@ -48,9 +50,14 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, sign: float) -
     out_first, out_second = out[..., :half], out[..., half:]
     # products rounded one by one, then summed, as transformers' code rounds them (an
     # addcmul could fuse them): the result is bit for bit transformers'
-    torch.mul(first, cos[..., :half], out=out_first).add_(second * sin[..., :half], alpha=sign)
-    torch.mul(second, cos[..., half:], out=out_second).add_(first * sin[..., half:], alpha=-sign)
+    torch.mul(first, cos[..., :half], out=out_first).add_(second * sin_first, alpha=sign)
+    torch.mul(second, cos[..., half:], out=out_second).add_(first * sin_second, alpha=-sign)
     return out
+
+
+def halves(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    half = t.shape[-1] // 2
+    return t[..., :half], t[..., half:]
 
 
 class RotaryFunction(torch.autograd.Function):
@@ -60,13 +67,14 @@ class RotaryFunction(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         ctx.save_for_backward(cos, sin)
         ctx.x_dtype = x.dtype
-        return rotate(x, cos, sin, sign=-1.0)
+        sin_first, sin_second = halves(sin)
+        return rotate(x, cos, sin_first, sin_second, sign=-1.0)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         cos, sin = ctx.saved_tensors
-        swapped = sin.roll(sin.shape[-1] // 2, dims=-1)  # [sin₂, sin₁]: the transpose's coefficients
-        return rotate(grad, cos, swapped, sign=1.0).to(ctx.x_dtype), None, None
+        sin_first, sin_second = halves(sin)
+        return rotate(grad, cos, sin_second, sin_first, sign=1.0).to(ctx.x_dtype), None, None
 
 
 def fused_forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
