@@ -75,9 +75,11 @@ def test_a_swiglu_mlp_with_a_fused_down_projection_recomputes_its_product():
     torch.testing.assert_close(loss_mlp, loss_stock, rtol=1e-6, atol=1e-6)
     for name, grad in grads_stock.items():
         torch.testing.assert_close(grads_mlp[name], grad, rtol=1e-5, atol=1e-6, msg=name)
-    # per layer, the swiglu patch alone drops SiLU's output; the product is not kept either
-    tokens, intermediate, layers = IDS.numel(), 64, 2
-    assert saved_linear - saved_mlp == 2 * layers * tokens * intermediate * 4
+    # per layer, the swiglu patch alone drops SiLU's output; the product is not kept either.
+    # What it keeps instead is the gate and up LoRA A matrices stacked (lora_siblings), r x hidden each.
+    tokens, intermediate, layers, rank, hidden = IDS.numel(), 64, 2, 4, 32
+    stacked_a = 2 * rank * hidden * 4
+    assert saved_linear - saved_mlp == layers * (2 * tokens * intermediate * 4 - stacked_a)
 
 
 def test_fused_lora_under_bf16_autocast_stays_close_and_keeps_fp32_gradients():

@@ -19,8 +19,9 @@ one-ulp difference.
 What: ``apply(model)`` swaps the ``forward`` of each attention *instance* whose class is
 in ``ATTENTION_CLASSES``: classes whose forward and ``apply_rotary_pos_emb`` are, in the
 gated transformers versions, Llama's line for line (a test checks the source). The new
-forward is the same code with the rotation swapped; a call with a KV cache
-(generation) runs the stock forward. Nothing global changes. Version-gated on transformers.
+forward is the same code with the rotation swapped, and with the query, key and value
+projections taken together when they are fused LoRA layers (``lora_siblings``); a call
+with a KV cache (generation) runs the stock forward. Nothing global changes. Version-gated on transformers.
 """
 
 import sys
@@ -30,6 +31,7 @@ import transformers
 from packaging.version import Version
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from tunery.model.patches import lora_siblings
 from tunery.model.patches.instances import in_range, swap_forward
 
 NAME = "rotary"
@@ -78,14 +80,14 @@ class RotaryFunction(torch.autograd.Function):
 
 
 def fused_forward(self, hidden_states, position_embeddings=None, attention_mask=None, cache=None, **kwargs):
-    """Llama's attention forward with ``RotaryFunction`` in place of ``apply_rotary_pos_emb``."""
+    """Llama's attention forward with ``RotaryFunction`` in place of ``apply_rotary_pos_emb`` (and
+    the q/k/v projections through ``lora_siblings.project``)."""
     if cache is not None or kwargs.get("past_key_values") is not None or position_embeddings is None:
         return type(self).forward(self, hidden_states, position_embeddings, attention_mask, cache, **kwargs)
     input_shape = hidden_states.shape[:-1]
     hidden_shape = (*input_shape, -1, self.head_dim)
-    query = self.q_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    key = self.k_proj(hidden_states).view(hidden_shape).transpose(1, 2)
-    value = self.v_proj(hidden_states).view(hidden_shape).transpose(1, 2)
+    projections = lora_siblings.project((self.q_proj, self.k_proj, self.v_proj), hidden_states)
+    query, key, value = (part.view(hidden_shape).transpose(1, 2) for part in projections)
     cos, sin = (part.unsqueeze(1) for part in position_embeddings)
     query, key = RotaryFunction.apply(query, cos, sin), RotaryFunction.apply(key, cos, sin)
     attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention(self))

@@ -14,7 +14,8 @@ product is not saved at all but recomputed in backward
 
 What: ``apply(model)`` swaps the ``forward`` of each MLP *instance* in the model
 whose class is one of ``MLP_CLASSES`` (their forward is exactly the line above in
-the gated transformers versions) and whose activation is SiLU. Nothing global
+the gated transformers versions) and whose activation is SiLU. Fused LoRA gate and up
+projections run together (``lora_siblings``). Nothing global
 changes; other models in the process keep the stock code. Version-gated: a
 transformers release outside ``SUPPORTED`` leaves the model untouched.
 """
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 import transformers
 from packaging.version import Version
 
-from tunery.model.patches import lora_linear
+from tunery.model.patches import lora_linear, lora_siblings
 from tunery.model.patches.instances import in_range, swap_forward
 
 NAME = "swiglu"
@@ -38,11 +39,14 @@ MLP_CLASSES = frozenset({
 SILU_NAMES = frozenset({"SiLU", "SiLUActivation"})
 
 
-def silu_mul_grads(grad, gate, up, need_gate: bool = True, need_up: bool = True):
+def silu_mul_grads(grad, gate, up, need_gate: bool = True, need_up: bool = True, activated=None):
     """Gradients of ``silu(gate) * up`` by the ATen chain autograd runs: ``grad * up`` then
-    ``silu_backward`` for the gate, ``grad * silu(gate)`` for up."""
+    ``silu_backward`` for the gate, ``grad * silu(gate)`` for up (``activated``: ``silu(gate)``
+    when the caller has it already)."""
     grad_gate = torch.ops.aten.silu_backward(grad * up, gate) if need_gate else None
-    grad_up = grad * F.silu(gate) if need_up else None
+    if need_up and activated is None:
+        activated = F.silu(gate)
+    grad_up = grad * activated if need_up else None
     return grad_gate, grad_up
 
 
@@ -81,11 +85,12 @@ class SiluMulLoraDown(torch.autograd.Function):
     def backward(ctx, grad_out):
         gate, up, weight, a, b, hidden = ctx.saved_tensors
         with torch.autocast(gate.device.type, enabled=False):
-            product = (F.silu(gate) * up).reshape(-1, gate.shape[-1])
+            activated = F.silu(gate)  # once, for the product and for up's gradient
+            product = (activated * up).reshape(-1, gate.shape[-1])
             grad_product, grad_a, grad_b = lora_linear.lora_backward(
                 ctx, grad_out, product, weight, a, b, hidden, need_x=True
             )
-            grad_gate, grad_up = silu_mul_grads(grad_product.view(ctx.shape), gate, up)
+            grad_gate, grad_up = silu_mul_grads(grad_product.view(ctx.shape), gate, up, activated=activated)
         return grad_gate, grad_up, None, None, grad_a, grad_b, None
 
 
@@ -105,7 +110,7 @@ def lora_down(down: torch.nn.Module, gate: torch.Tensor, up: torch.Tensor) -> to
 
 
 def fused_forward(self, x: torch.Tensor) -> torch.Tensor:
-    gate, up = self.gate_proj(x), self.up_proj(x)
+    gate, up = lora_siblings.project((self.gate_proj, self.up_proj), x)
     # a fused LoRA down projection also recomputes the product instead of saving it
     fused = lora_down(self.down_proj, gate, up)
     return fused if fused is not None else self.down_proj(SiluMul.apply(gate, up))
