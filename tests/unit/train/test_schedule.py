@@ -1,6 +1,7 @@
 """Optimizer groups and learning-rate schedules."""
 
 import pytest
+import torch
 from train_helpers import make_config, tiny_model
 
 from tunery.model.adapters import apply_finetuning
@@ -34,3 +35,22 @@ def test_loraplus_gives_b_matrices_a_larger_learning_rate(tmp_path):
     assert all(group["betas"] == (0.9, 0.95) for group in optimizer.param_groups)
     trained = sum(p.numel() for group in optimizer.param_groups for p in group["params"])
     assert trained == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+@pytest.mark.parametrize(("optim", "fused"), [(None, True), ("adamw_torch_fused", True),
+                                              ("adamw_torch", False), ("adamw_hf", False)])
+def test_adamw_is_fused_by_default_like_transformers_and_steps_the_same(tmp_path, optim, fused):
+    options = {"optim": optim} if optim else {}
+    config = make_config(tmp_path, learning_rate=1e-2, finetuning_type="full", **options)
+    model = tiny_model()
+    optimizer = create_optimizer(model, config)
+    assert bool(optimizer.defaults["fused"]) is fused
+    reference_model = tiny_model()
+    reference = create_optimizer(reference_model, make_config(tmp_path, learning_rate=1e-2,
+                                                             finetuning_type="full", optim="adamw_torch"))
+    for step_model, step_optimizer in ((model, optimizer), (reference_model, reference)):
+        for param in step_model.parameters():
+            param.grad = torch.ones_like(param)
+        step_optimizer.step()
+    for param, expected in zip(model.parameters(), reference_model.parameters(), strict=True):
+        torch.testing.assert_close(param, expected)
