@@ -73,13 +73,32 @@ def varlen_attention_forward(
             module, query, key, value, attention_mask,
             dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs,
         )
-    rows: list[list[torch.Tensor]] = [[] for _ in range(query.shape[0])]
-    for row, start, end in segments:
-        q, k, v = (t[row : row + 1, :, start:end] for t in (query, key, value))
-        rows[row].append(attend_one(q, k, v, dropout, scaling, sliding_window, softcap))
+    rows = []
+    for row, lengths in enumerate(lengths_per_row(segments, query.shape[0])):
+        examples = zip(*(split_row(t, row, lengths) for t in (query, key, value)), strict=True)
+        rows.append(torch.cat([attend_one(q, k, v, dropout, scaling, sliding_window, softcap)
+                               for q, k, v in examples], dim=2))
     # Segments tile each row in order, so concatenating along the sequence rebuilds the rows.
-    out = torch.cat([torch.cat(parts, dim=2) for parts in rows], dim=0)
+    out = rows[0] if len(rows) == 1 else torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous(), None
+
+
+def lengths_per_row(segments: list[Segment], num_rows: int) -> list[list[int]]:
+    """The example lengths of each row, in order (segments tile their rows in order)."""
+    lengths: list[list[int]] = [[] for _ in range(num_rows)]
+    for row, start, end in segments:
+        lengths[row].append(end - start)
+    return lengths
+
+
+def split_row(tensor: torch.Tensor, row: int, lengths: list[int]) -> tuple[torch.Tensor, ...]:
+    """Row ``row`` of ``[batch, heads, seq, dim]`` cut into its examples along the sequence.
+
+    One ``split`` rather than a slice per example: in backward, a split is one ``cat`` of the
+    examples' gradients, where each slice would give a zero-filled full-row gradient to add up.
+    """
+    whole = tensor if tensor.shape[0] == 1 else tensor[row : row + 1]
+    return whole.split(lengths, dim=2)
 
 
 def shared_prefix_attention(
