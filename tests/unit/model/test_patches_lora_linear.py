@@ -86,6 +86,11 @@ def test_fused_lora_under_bf16_autocast_stays_close_and_keeps_fp32_gradients():
     stock = tiny_lora(dtype=torch.bfloat16)
     fused = copy.deepcopy(stock)
     lora_linear.apply(fused)
+    assert_close_under_bf16_autocast(stock, fused)
+
+
+def assert_close_under_bf16_autocast(stock, fused):
+    """Under bf16 autocast ``fused`` gives ``stock``'s loss and gradients to bf16 precision, in fp32."""
     loss_stock, grads_stock, _ = loss_and_grads(stock, IDS, autocast=True)
     loss_fused, grads_fused, _ = loss_and_grads(fused, IDS, autocast=True)
     torch.testing.assert_close(loss_fused, loss_stock, rtol=2e-2, atol=2e-2)

@@ -5,7 +5,7 @@ import copy
 
 import pytest
 import torch
-from test_patches_lora_linear import IDS, TARGETS, loss_and_grads, tiny_lora
+from test_patches_lora_linear import IDS, TARGETS, assert_close_under_bf16_autocast, loss_and_grads, tiny_lora
 
 from tunery.model.patches import lora_linear, lora_siblings, rotary, swiglu
 
@@ -53,14 +53,8 @@ def test_siblings_give_peft_loss_and_gradients_in_fp32_and_keep_less(counted_cal
 def test_siblings_under_bf16_autocast_stay_close_and_keep_fp32_gradients(counted_calls):
     stock = tiny_lora(dtype=torch.bfloat16)
     fused = fully_patched(copy.deepcopy(stock))
-    loss_stock, grads_stock, _ = loss_and_grads(stock, IDS, autocast=True)
-    loss_fused, grads_fused, _ = loss_and_grads(fused, IDS, autocast=True)
+    assert_close_under_bf16_autocast(stock, fused)
     assert counted_calls == {3: 2, 2: 2}
-    torch.testing.assert_close(loss_fused, loss_stock, rtol=2e-2, atol=2e-2)
-    for name, grad in grads_stock.items():
-        assert grads_fused[name].dtype == torch.float32, name
-        cosine = torch.nn.functional.cosine_similarity(grads_fused[name].flatten(), grad.flatten(), dim=0)
-        assert cosine > 0.99, name
 
 
 def test_function_gradients_match_autograd_in_double_with_biases_and_unequal_ranks():
