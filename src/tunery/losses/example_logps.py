@@ -3,16 +3,17 @@
 Preference stages need, for every example of a batch, the summed log-probability
 of its answer tokens (and how many there are). As in ``losses.lm``, the decoder
 runs once and the output head only ever sees label positions, a chunk of rows at
-a time under activation checkpointing, so the full ``tokens x vocab`` logits never
-exist. Examples are the segments of a flat row (``cu_seq_lens_q``) or the rows
-of a padded batch.
+a time, so the full ``tokens x vocab`` logits never exist: a frozen linear head
+works out each chunk's input gradient on the spot (``losses.lm.LinearTokenLogps``),
+any other head is recomputed under activation checkpointing. Examples are the
+segments of a flat row (``cu_seq_lens_q``) or the rows of a padded batch.
 """
 
 import torch
 from torch.utils.checkpoint import checkpoint
 
 from tunery.labels import IGNORE_INDEX
-from tunery.losses.lm import DEFAULT_CHUNK_SIZE, LogitTransform
+from tunery.losses.lm import DEFAULT_CHUNK_SIZE, LinearTokenLogps, LogitTransform
 
 MODEL_INPUTS = ("input_ids", "position_ids", "attention_mask", "cu_seq_lens_q", "cu_seq_lens_k",
                 "max_length_q", "max_length_k", "pair_layout")
@@ -81,6 +82,11 @@ def head_token_logps(
     chunk_size: int,
 ) -> torch.Tensor:
     """``log softmax(head(hidden))[target]`` per row, chunk by chunk (float32)."""
+    if type(head) is torch.nn.Linear and not any(p.requires_grad for p in head.parameters()):
+        # The usual case (a frozen, plain head): gradients are worked out while each chunk's
+        # logits exist, so backward needs no second head matmul.
+        return LinearTokenLogps.apply(hidden, head.weight, head.bias, targets, transform, chunk_size)
+    # Any other head: per chunk under activation checkpointing, one chunk of logits alive.
     pieces = []
     for start in range(0, hidden.shape[0], chunk_size):
         rows = slice(start, start + chunk_size)

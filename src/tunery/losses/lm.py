@@ -161,13 +161,7 @@ class LinearCrossEntropy(torch.autograd.Function):
             total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
             if not any(flags):
                 continue
-            grad = z.sub_(lse[:, None]).exp_()  # softmax, reusing the logits' memory
-            grad[torch.arange(len(t), device=grad.device), t] -= 1.0
-            if squashed is not None:
-                grad.mul_(1.0 - squashed.square_())
-            if transform.scale != transform.temperature:
-                grad.mul_(transform.scale / transform.temperature)
-            grad = grad.to(weight.dtype)
+            grad = cross_entropy_logit_grad(z, lse, squashed, t, transform).to(weight.dtype)
             if need_hidden:
                 grad_hidden[rows] = (grad @ weight).float()
             if need_weight:
@@ -187,3 +181,56 @@ class LinearCrossEntropy(torch.autograd.Function):
         weight_grad = (grad_weight * scale).to(weight_dtype) if grad_weight is not None else None
         bias_grad = (grad_bias * scale).to(weight_dtype) if grad_bias is not None else None
         return hidden_grad, weight_grad, bias_grad, None, None, None, None
+
+
+def cross_entropy_logit_grad(
+    z: torch.Tensor, lse: torch.Tensor, squashed: torch.Tensor | None, targets: torch.Tensor,
+    transform: LogitTransform,
+) -> torch.Tensor:
+    """d CE / d (head output) of a chunk: softmax(z) - onehot(target), chained through the
+    transform ``g``. Overwrites ``z`` (and ``squashed``) to spare a logits-sized allocation."""
+    grad = z.sub_(lse[:, None]).exp_()  # softmax, reusing the logits' memory
+    grad[torch.arange(len(targets), device=grad.device), targets] -= 1.0
+    if squashed is not None:
+        grad.mul_(1.0 - squashed.square_())
+    if transform.scale != transform.temperature:
+        grad.mul_(transform.scale / transform.temperature)
+    return grad
+
+
+class LinearTokenLogps(torch.autograd.Function):
+    """Per row, ``log softmax(g(hidden @ W.T + b))[target]`` of a FROZEN linear head (float32).
+
+    Row t's log-prob depends on row t of ``hidden`` alone, so its whole gradient is the row
+    ``-(softmax(z_t) - onehot(y_t))`` chained through ``g`` and ``W``. That row is computed while
+    the chunk's logits exist and stored (rows x hidden, tiny); backward scales each row by its
+    incoming gradient. Against recomputing the chunk under checkpointing this skips one head
+    matmul and one log-softmax per chunk, and still never keeps logits. The head's own
+    parameters get no gradient: callers use this only when they do not require one.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets, transform, chunk_size):
+        need_hidden = ctx.needs_input_grad[0]
+        logps = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden, dtype=torch.float32) if need_hidden else None
+        for start in range(0, hidden.shape[0], chunk_size):
+            rows = slice(start, start + chunk_size)
+            t = targets[rows]
+            z, squashed = transform.apply(F.linear(hidden[rows], weight, bias))
+            lse = torch.logsumexp(z, dim=-1)
+            logps[rows] = z.gather(1, t[:, None]).squeeze(1) - lse
+            if need_hidden:
+                grad = cross_entropy_logit_grad(z, lse, squashed, t, transform).to(weight.dtype)
+                grad_hidden[rows] = (grad @ weight).float().neg_()  # d logp = -d CE
+        ctx.save_for_backward(grad_hidden)
+        ctx.hidden_dtype = hidden.dtype
+        return logps
+
+    @staticmethod
+    def backward(ctx, grad_output):
+        (grad_hidden,) = ctx.saved_tensors
+        hidden_grad = None
+        if grad_hidden is not None:
+            hidden_grad = (grad_hidden * grad_output.float()[:, None]).to(ctx.hidden_dtype)
+        return hidden_grad, None, None, None, None, None
