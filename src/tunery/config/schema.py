@@ -261,8 +261,8 @@ class TrainingArgs(Section):
             "on_new_peak: after a pass that raised the process's peak memory (fast); every_pass: "
             "after every forward/backward pass (the lowest peak, ~200 MB less on a 135M model in "
             "fp32, where it is ~8 % slower as every pass faults its pages back in); auto: "
-            "on_new_peak for fp32 SFT/PT-like stages, every_pass with bf16/fp16 (no slower there) "
-            "and for the pair stages (rm, dpo, kto), whose larger passes fragment more."
+            "on_new_peak in fp32 (every stage), every_pass with bf16/fp16 (at most a few % slower "
+            "there, and its peak stays lower)."
         ),
     )
     dataloader_num_workers: int = Field(0, ge=0, description="Worker processes feeding batches.")

@@ -157,8 +157,7 @@ class TrainLoop:
         self.scheduler = create_scheduler(optimizer, self.args, self.state.total_steps)
         self.module, self.optimizer = acc.prepare(StageModule(model, stage), optimizer)
         self.max_tokens_per_forward = forward_token_cap(self.args, acc.device, stage.paired_passes)
-        self.heap = HeapReleaser(acc.device, self.args.heap_release, self.args.bf16 or self.args.fp16,
-                                 stage.paired_passes)
+        self.heap = HeapReleaser(acc.device, self.args.heap_release, self.args.bf16 or self.args.fp16)
         self.pending_loss = torch.zeros((), dtype=torch.float64, device=acc.device)
         self.last_grad_norm: torch.Tensor | None = None
 

@@ -168,12 +168,12 @@ def test_heap_releaser_trims_after_a_pass_that_raised_the_peak_or_after_every_pa
     assert libc.trims == 3 + 4
 
 
-def test_heap_releaser_auto_policy_is_on_new_peak_only_for_fp32_passes_of_examples():
+def test_heap_releaser_auto_policy_is_on_new_peak_only_in_fp32():
     cpu = torch.device("cpu")
-    assert not memory.HeapReleaser(cpu, "auto", half_precision=False, paired=False).every_pass
-    assert memory.HeapReleaser(cpu, "auto", half_precision=True, paired=False).every_pass
-    assert memory.HeapReleaser(cpu, "auto", half_precision=False, paired=True).every_pass
-    assert not memory.HeapReleaser(cpu, "on_new_peak", half_precision=True, paired=True).every_pass
+    assert not memory.HeapReleaser(cpu, "auto", half_precision=False).every_pass
+    assert memory.HeapReleaser(cpu, "auto", half_precision=True).every_pass
+    assert not memory.HeapReleaser(cpu, "on_new_peak", half_precision=True).every_pass
+    assert memory.HeapReleaser(cpu, "every_pass", half_precision=False).every_pass
 
 
 def test_heap_releaser_does_nothing_off_the_cpu(monkeypatch):
