@@ -156,9 +156,8 @@ class LinearCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             h, t = hidden[rows], targets[rows]
-            z, squashed = transform.apply(F.linear(h, weight, bias))
-            lse = torch.logsumexp(z, dim=-1)
-            total += (lse - z.gather(1, t[:, None]).squeeze(1)).sum()
+            z, squashed, lse, target_logps = chunk_log_softmax(h, weight, bias, t, transform)
+            total -= target_logps.sum()
             if not any(flags):
                 continue
             grad = cross_entropy_logit_grad(z, lse, squashed, t, transform).to(weight.dtype)
@@ -181,6 +180,18 @@ class LinearCrossEntropy(torch.autograd.Function):
         weight_grad = (grad_weight * scale).to(weight_dtype) if grad_weight is not None else None
         bias_grad = (grad_bias * scale).to(weight_dtype) if grad_bias is not None else None
         return hidden_grad, weight_grad, bias_grad, None, None, None, None
+
+
+def chunk_log_softmax(
+    hidden: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, targets: torch.Tensor,
+    transform: LogitTransform,
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+    """One chunk through a linear head: transformed float32 logits, the softcap's ``tanh`` (or
+    None), their log-sum-exp, and each row's target log-prob. The first three feed
+    ``cross_entropy_logit_grad``."""
+    z, squashed = transform.apply(F.linear(hidden, weight, bias))
+    lse = torch.logsumexp(z, dim=-1)
+    return z, squashed, lse, z.gather(1, targets[:, None]).squeeze(1) - lse
 
 
 def cross_entropy_logit_grad(
@@ -217,9 +228,7 @@ class LinearTokenLogps(torch.autograd.Function):
         for start in range(0, hidden.shape[0], chunk_size):
             rows = slice(start, start + chunk_size)
             t = targets[rows]
-            z, squashed = transform.apply(F.linear(hidden[rows], weight, bias))
-            lse = torch.logsumexp(z, dim=-1)
-            logps[rows] = z.gather(1, t[:, None]).squeeze(1) - lse
+            z, squashed, lse, logps[rows] = chunk_log_softmax(hidden[rows], weight, bias, t, transform)
             if need_hidden:
                 grad = cross_entropy_logit_grad(z, lse, squashed, t, transform).to(weight.dtype)
                 grad_hidden[rows] = (grad @ weight).float().neg_()  # d logp = -d CE
